@@ -1,0 +1,26 @@
+# flatmix: the reproduction DAG of "Rethinking Image Mixture for Unsupervised Visual Representation
+# Learning". Run `snakemake --profile workflow/profiles/local` (see README.md).
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# Paths relative to this file, so `--directory` can put the run anywhere.
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        imagenet100=prepared("imagenet100"),
+        voc=prepared("voc"),
+        coco=prepared("coco"),
+    default_target: True

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build mmcv's wheel (with its compiled ops) from the PyPI sdist into the wheel cache, once.
+# mmcv 2.1.0 has no wheel for torch 2.14, and its setup.py needs two fixes to build against it:
+#   - torch 2.14's headers need C++20, but setup.py hard-codes -std=c++14 / -std=c++17;
+#   - setup.py imports pkg_resources, gone from setuptools >= 70 while torch 2.14 needs >= 77: the build
+#     alone sees an older setuptools, from a side folder put first on PYTHONPATH (--no-build-isolation).
+# Usage: build_mmcv.sh PYTHON CACHE_DIR   (PYTHON: an interpreter that already has torch installed)
+# Environment: FORCE_CUDA=1 and TORCH_CUDA_ARCH_LIST select a CUDA build (the container does this).
+set -euo pipefail
+python=$1
+cache=$2
+mmcv_spec=$(grep -E '^mmcv==' "$(dirname "$0")/mmcv.txt")
+version=${mmcv_spec#mmcv==}
+
+mkdir -p "$cache"
+work=$(mktemp -d "$cache/.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+"$python" -m pip download --quiet --no-deps --no-binary :all: "$mmcv_spec" -d "$work"
+tar -xzf "$work/mmcv-$version.tar.gz" -C "$work"
+src="$work/mmcv-$version"
+sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/setup.py"
+grep -q 'std=c++20' "$src/setup.py" || { echo "build_mmcv: no -std flag to patch in $src/setup.py" >&2; exit 1; }
+
+build_setuptools=$(sed -n 's/^# build-setuptools: //p' "$(dirname "$0")/mmcv.txt")
+"$python" -m pip install --quiet --target "$work/build-setuptools" "setuptools==$build_setuptools"
+
+echo "build_mmcv: compiling mmcv $version ops (FORCE_CUDA=${FORCE_CUDA:-0}); this takes several minutes" >&2
+PYTHONPATH="$work/build-setuptools${PYTHONPATH:+:$PYTHONPATH}" MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+  "$python" -m pip wheel --no-build-isolation --no-deps "$src" -w "$work/dist"
+mv "$work"/dist/mmcv-*.whl "$cache/"

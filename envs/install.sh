@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment with exactly the pinned packages of envs/.
+# Used by the README's commands, CI and the container recipes alike.
+#   FLATMIX_VENV        where the environment goes (default: .venv at the repository root)
+#   FLATMIX_WHEEL_CACHE where the built mmcv wheel is kept between installs (default: ~/.cache/flatmix/wheels)
+#   PYTHON              the interpreter to build the environment from (default: python3.11)
+# A second run with unchanged envs/ and pyproject.toml returns at once.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${FLATMIX_VENV:-$root/.venv}
+cache_root=${FLATMIX_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flatmix/wheels}
+python=${PYTHON:-python3.11}
+
+stamp_of() {
+  cat "$root/envs/requirements.txt" "$root/envs/mmcv.txt" "$root/envs/install.sh" \
+      "$root/envs/build_mmcv.sh" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1
+  echo "FORCE_CUDA=${FORCE_CUDA:-0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
+}
+stamp=$(stamp_of)
+if [ -f "$venv/.flatmix-env" ] && [ "$(cat "$venv/.flatmix-env")" = "$stamp" ]; then
+  echo "install: environment $venv is up to date" >&2
+  exit 0
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+vpy=$venv/bin/python
+"$vpy" -m pip install --quiet -r "$root/envs/requirements.txt"
+
+# The mmcv wheel depends on the mmcv, torch and Python versions and on the CUDA flavour: key the cache on all.
+torch_version=$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])')
+py_tag=$("$vpy" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+mmcv_version=$(sed -n 's/^mmcv==//p' "$root/envs/mmcv.txt")
+if [ "${FORCE_CUDA:-0}" = 1 ]; then
+  flavour="cuda$("$vpy" -c 'import torch; print(torch.version.cuda)')-$(echo "${TORCH_CUDA_ARCH_LIST:-default}" | tr ' ;+.' '____')"
+else
+  flavour=cpu
+fi
+cache=$cache_root/mmcv-$mmcv_version-torch$torch_version-$py_tag-$flavour
+if ! ls "$cache"/mmcv-*.whl >/dev/null 2>&1; then
+  bash "$root/envs/build_mmcv.sh" "$vpy" "$cache"
+fi
+"$vpy" -m pip install --quiet --no-deps "$cache"/mmcv-*.whl
+"$vpy" -m pip install --quiet --no-deps --no-build-isolation -e "$root"
+
+"$vpy" -c 'import mmdet, mmcv.ops, torch, torchvision, snakemake' \
+  || { echo "install: the environment in $venv does not import (see above)" >&2; exit 1; }
+echo "$stamp" > "$venv/.flatmix-env"
+echo "install: environment ready in $venv" >&2

@@ -1,0 +1,3 @@
+from flatmix.cli import main
+
+main()

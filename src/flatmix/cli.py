@@ -1,0 +1,76 @@
+"""The `flatmix` command: one subcommand per pipeline step; every Snakemake rule calls one of them.
+
+Bad input ends the command with exit status 2 and one line naming the problem, never a traceback.
+"""
+
+import argparse
+import json
+import sys
+
+from flatmix import atomic
+from flatmix.errors import FlatmixError
+
+
+def _synth(args):
+    from flatmix.data.synth import synthesise
+    summary = synthesise(args.out, seed=args.seed, size=args.size, train_per_class=args.train_per_class,
+                         val_per_class=args.val_per_class, voc_images=args.voc_images,
+                         coco_images=args.coco_images)
+    print(json.dumps(summary))
+
+
+def _prepare(args):
+    if args.dataset == "imagenet100":
+        from flatmix.data.imagenet100 import prepare
+        manifest = prepare(args.imagenet_root, args.out, args.class_list)
+    else:
+        if args.dataset == "voc":
+            from flatmix.data.voc import check
+        else:
+            from flatmix.data.coco import check
+        manifest = check(args.root)
+        atomic.write_json(f"{args.out}/manifest.json", manifest)
+    summary = {k: v for k, v in manifest.items() if k != "per_class"}
+    print(json.dumps(summary))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="flatmix", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("synth", help="write the embedded data set (ImageNet, VOC, COCO formats)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64, help="ImageNet image side; detection images are 2-4x")
+    p.add_argument("--train-per-class", type=int, default=8)
+    p.add_argument("--val-per-class", type=int, default=4)
+    p.add_argument("--voc-images", type=int, default=16, help="images per VOC split")
+    p.add_argument("--coco-images", type=int, default=16, help="images per COCO split")
+    p.set_defaults(run=_synth)
+
+    p = commands.add_parser("prepare", help="check a data set and write its manifest")
+    datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    d = datasets.add_parser("imagenet100", help="ImageNet-100 class folders (symlinks) from ImageNet")
+    d.add_argument("--imagenet-root", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--class-list", help="a file of wnids (default: the paper's ImageNet-100 list)")
+    d = datasets.add_parser("voc", help="check a VOCdevkit (VOC2007 trainval/test, VOC2012 trainval)")
+    d.add_argument("--root", required=True, help="the VOCdevkit folder")
+    d.add_argument("--out", default="prepared/voc", help="folder for manifest.json (default: %(default)s)")
+    d = datasets.add_parser("coco", help="check a COCO 2017 root (train2017, val2017, annotations)")
+    d.add_argument("--root", required=True)
+    d.add_argument("--out", default="prepared/coco", help="folder for manifest.json (default: %(default)s)")
+    p.set_defaults(run=_prepare)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FlatmixError as e:
+        print(f"flatmix: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("flatmix: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Data: class tables, the synthetic generator, dataset preparation and image loading."""

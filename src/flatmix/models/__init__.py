@@ -1,0 +1,1 @@
+"""Networks: ResNet variants, MoCo and CMC."""

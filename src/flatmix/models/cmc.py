@@ -1,0 +1,57 @@
+"""CMC (Tian et al.) as its code base runs it on ImageNet: one encoder per colour view (L|ab or
+Y|CbCr: 1 and 2 input channels), a memory bank of every training image's embedding in each view
+(updated with momentum 0.5), K negatives drawn uniformly from it, and Softmax-CE in both directions.
+
+Under DDP every rank keeps the whole memory bank and applies every rank's updates, so the banks stay
+identical; each rank draws its own negatives.
+"""
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from flatmix.models.distributed import concat_all_gather
+from flatmix.models.moco import info_nce
+from flatmix.models.resnet import build_resnet
+
+
+class CMC(nn.Module):
+    def __init__(self, n_data, arch="resnet50half", dim=128, K=16384, T=0.07, momentum=0.5):
+        super().__init__()
+        self.K, self.T, self.momentum = K, T, momentum
+        self.l_to_ab = build_resnet(arch, num_classes=dim, in_channels=1)
+        self.ab_to_l = build_resnet(arch, num_classes=dim, in_channels=2)
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory_l", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("memory_ab", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
+
+    def embed(self, x):
+        """L2-normalised embeddings of the two views of x [B, 3, H, W] (channel 0 | channels 1-2)."""
+        l, ab = torch.split(x, [1, 2], dim=1)
+        return F.normalize(self.l_to_ab(l), dim=1), F.normalize(self.ab_to_l(ab), dim=1)
+
+    def forward(self, x, index):
+        """Scores [B, 1 + K] of each view against the other view's memory (own entry first)."""
+        feat_l, feat_ab = self.embed(x)
+        idx = torch.randint(0, self.memory_l.shape[0], (x.shape[0], self.K + 1), device=x.device)
+        idx[:, 0] = index
+        weight_ab = self.memory_ab[idx].detach().to(feat_l.dtype)   # [B, K+1, D]
+        weight_l = self.memory_l[idx].detach().to(feat_ab.dtype)
+        out_l = torch.bmm(weight_ab, feat_l.unsqueeze(2)).squeeze(2) / self.T
+        out_ab = torch.bmm(weight_l, feat_ab.unsqueeze(2)).squeeze(2) / self.T
+        return out_l, out_ab, feat_l.detach(), feat_ab.detach()
+
+    @torch.no_grad()
+    def update_memory(self, feat_l, feat_ab, index):
+        """memory[i] = normalise(m * memory[i] + (1 - m) * feature), with every rank's samples."""
+        feat_l, feat_ab, index = (concat_all_gather(t) for t in (feat_l, feat_ab, index))
+        for memory, feat in ((self.memory_l, feat_l), (self.memory_ab, feat_ab)):
+            updated = memory[index] * self.momentum + feat.to(memory.dtype) * (1 - self.momentum)
+            memory.index_copy_(0, index, F.normalize(updated, dim=1))
+
+
+def cmc_loss(out_l, out_ab):
+    """Softmax-CE in both directions, summed as in the CMC code base."""
+    return info_nce(out_l) + info_nce(out_ab)

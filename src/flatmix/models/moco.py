@@ -1,0 +1,80 @@
+"""MoCo v1/v2 (He et al.), after facebookresearch/moco's builder: a query encoder, a momentum key
+encoder, a queue of K negative keys and the Softmax-CE (InfoNCE) loss with the positive at index 0.
+
+Under DDP the key encoder's batch is shuffled across all ranks (shuffle BN), so that BatchNorm cannot
+use the statistics of the very batch it encodes to cheat. In one process there is one BN batch and
+shuffling it would change nothing, so it is skipped.
+"""
+
+import torch
+from torch import nn
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from flatmix.models.distributed import concat_all_gather, is_distributed
+from flatmix.models.resnet import build_resnet
+
+
+class MoCo(nn.Module):
+    def __init__(self, arch="resnet50", dim=128, K=65536, m=0.999, T=0.07, mlp=False):
+        super().__init__()
+        self.K, self.m, self.T = K, m, T
+        self.encoder_q = build_resnet(arch, num_classes=dim)
+        self.encoder_k = build_resnet(arch, num_classes=dim)
+        if mlp:  # MoCo v2's projection head
+            for enc in (self.encoder_q, self.encoder_k):
+                hidden = enc.fc.weight.shape[1]
+                enc.fc = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), enc.fc)
+        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            k.data.copy_(q.data)
+            k.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self):
+        """key = m * key + (1 - m) * query, for parameters (BN buffers are the key encoder's own)."""
+        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            k.mul_(self.m).add_(q.detach(), alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def enqueue(self, keys):
+        """Write every rank's keys into the queue after the pointer, wrapping around its end."""
+        keys = concat_all_gather(keys)
+        ptr = int(self.queue_ptr)
+        slots = (ptr + torch.arange(keys.shape[0], device=keys.device)) % self.K
+        self.queue[:, slots] = keys.T.to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + keys.shape[0]) % self.K
+
+    @torch.no_grad()
+    def _shuffled_keys(self, im_k):
+        """Keys of im_k computed on a batch shuffled across ranks, returned in the original order."""
+        if not is_distributed():
+            return self.encoder_k(im_k)
+        local = im_k.shape[0]
+        gathered = concat_all_gather(im_k)
+        perm = torch.randperm(gathered.shape[0], device=im_k.device)
+        dist.broadcast(perm, src=0)
+        rank = dist.get_rank()
+        mine = perm.view(-1, local)[rank]
+        keys = concat_all_gather(self.encoder_k(gathered[mine]))
+        unshuffle = torch.argsort(perm)
+        return keys[unshuffle.view(-1, local)[rank]]
+
+    def forward(self, im_q, im_k):
+        """Logits [B, 1 + K] (positive first); the batch's keys then join the queue."""
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            self.momentum_update()
+            k = F.normalize(self._shuffled_keys(im_k), dim=1)
+        l_pos = torch.einsum("nc,nc->n", q, k.to(q.dtype)).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach().to(q.dtype))
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        self.enqueue(k)
+        return logits
+
+
+def info_nce(logits):
+    """Eq. (1): cross-entropy with the positive at index 0."""
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits.float(), labels)

@@ -1,0 +1,55 @@
+"""ResNet backbones with torchvision's module names (conv1, bn1, layer1..4, fc), in the widths the paper
+uses, so that every checkpoint converts to torchvision, mmdetection and detectron2 by renaming alone.
+
+- resnet50:      the standard ResNet-50 (2048-d features).
+- resnet50w2:    Table 6's "R50 w2x": the stem and every stage twice as wide (4096-d), as in MoCo/CPC.
+- resnet50half:  CMC's "ResNet-50 half" (the CMC code base's width 0.5): the stem keeps 64 channels,
+                 every stage half as wide (1024-d); one per colour view, with 1 or 2 input channels.
+- resnet_tiny:   a one-block-per-stage, 1/8-width Bottleneck ResNet for CPU tests (256-d).
+"""
+
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from flatmix.errors import FlatmixError
+
+ARCHS = {
+    # name: (blocks per stage, stem channels, first stage width)
+    "resnet50": ((3, 4, 6, 3), 64, 64),
+    "resnet50w2": ((3, 4, 6, 3), 128, 128),
+    "resnet50half": ((3, 4, 6, 3), 64, 32),
+    "resnet_tiny": ((1, 1, 1, 1), 16, 8),
+}
+
+
+class WideResNet(ResNet):
+    """torchvision's Bottleneck ResNet with a chosen stem width, stage width and input channels."""
+
+    def __init__(self, layers, stem, width, in_channels=3, num_classes=1000):
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes, self.dilation, self.groups, self.base_width = stem, 1, 1, 64
+        self.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(Bottleneck, width, layers[0])
+        self.layer2 = self._make_layer(Bottleneck, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(Bottleneck, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(Bottleneck, width * 8, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.feature_dim = width * 8 * Bottleneck.expansion
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+def build_resnet(arch, num_classes=1000, in_channels=3):
+    if arch not in ARCHS:
+        raise FlatmixError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    layers, stem, width = ARCHS[arch]
+    return WideResNet(layers, stem, width, in_channels=in_channels, num_classes=num_classes)

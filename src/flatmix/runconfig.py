@@ -1,0 +1,92 @@
+"""Run specifications: nested dicts addressed by dotted keys (`train.epochs`, `mixture.global.n`).
+
+A run is DEFAULTS, then a named preset, then a YAML file, then `--set key=value` overrides; every key
+must exist in DEFAULTS and keep its type, and a wrong key is refused with the nearest valid names.
+"""
+
+import difflib
+
+import yaml
+
+from flatmix.errors import FlatmixError
+
+
+def flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def unflatten(flat):
+    tree = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def nearest(name, names):
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return f"; nearest: {', '.join(close)}" if close else ""
+
+
+def _checked(defaults, key, value, where):
+    if key not in defaults:
+        raise FlatmixError(f"unknown key {key!r} in {where}{nearest(key, defaults)}")
+    default = defaults[key]
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise FlatmixError(f"key {key!r} in {where} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def resolve(defaults, presets, preset=None, config_file=None, sets=()):
+    """The full nested run spec; raises FlatmixError naming any unknown preset, key or bad value."""
+    flat_defaults = flatten(defaults)
+    flat = dict(flat_defaults)
+    layers = []
+    if preset is not None:
+        if preset not in presets:
+            raise FlatmixError(f"unknown preset {preset!r}{nearest(preset, presets)}")
+        layers.append((flatten(presets[preset]), f"preset {preset}"))
+    if config_file is not None:
+        try:
+            with open(config_file) as f:
+                tree = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise FlatmixError(f"cannot read config {config_file}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise FlatmixError(f"config {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise FlatmixError(f"config {config_file} must be a mapping of keys to values")
+        layers.append((flatten(tree), str(config_file)))
+    overrides = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise FlatmixError(f"--set {item!r} must look like key=value")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise FlatmixError(f"--set {item!r}: the value is not valid YAML") from None
+    layers.append((overrides, "--set"))
+    for layer, where in layers:
+        for key, value in layer.items():
+            flat[key] = _checked(flat_defaults, key, value, where)
+    return unflatten(flat)

@@ -1,0 +1,35 @@
+"""Shared fixtures: the embedded data set (made once per session) and a runner for the CLI."""
+
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from flatmix.data.synth import synthesise
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small embedded data set shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("synth")
+    synthesise(root, seed=0, size=32, train_per_class=2, val_per_class=1, voc_images=6, coco_images=6)
+    return root
+
+
+def run_flatmix(*args, cwd=None):
+    """Run the `flatmix` console script as a user would; returns the CompletedProcess."""
+    exe = Path(sys.executable).parent / "flatmix"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(result, *fragments):
+    """A bad-input failure: non-zero exit, one line on stderr naming the problem, no traceback."""
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -1,0 +1,47 @@
+# Data: synthesise the embedded set (when a root is not configured), then check and prepare each data set.
+
+
+rule synth:
+    output:
+        synth_marker(),
+    params:
+        out=lambda wildcards, output: Path(output[0]).parent,
+        synth=config["synth"],
+    log:
+        results("logs/synth.log"),
+    shell:
+        "flatmix synth --out {params.out} --seed {params.synth[seed]} --size {params.synth[size]}"
+        " --train-per-class {params.synth[train_per_class]} --val-per-class {params.synth[val_per_class]}"
+        " --voc-images {params.synth[voc_images]} --coco-images {params.synth[coco_images]} 2> {log}"
+
+
+rule prepare_imagenet100:
+    input:
+        data_root("imagenet")[1],
+    output:
+        prepared("imagenet100"),
+    params:
+        root=data_root("imagenet")[0],
+        out=lambda wildcards, output: Path(output[0]).parent,
+        class_list=f"--class-list {config['data']['class_list']}" if config["data"]["class_list"] else "",
+    log:
+        results("logs/prepare_imagenet100.log"),
+    shell:
+        "flatmix prepare imagenet100 --imagenet-root {params.root} --out {params.out}"
+        " {params.class_list} 2> {log}"
+
+
+rule prepare_detection:
+    input:
+        lambda wildcards: data_root(wildcards.dataset)[1],
+    output:
+        prepared("{dataset}"),
+    wildcard_constraints:
+        dataset="voc|coco",
+    params:
+        root=lambda wildcards: data_root(wildcards.dataset)[0],
+        out=lambda wildcards, output: Path(output[0]).parent,
+    log:
+        results("logs/prepare_{dataset}.log"),
+    shell:
+        "flatmix prepare {wildcards.dataset} --root {params.root} --out {params.out} 2> {log}"
