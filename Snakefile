@@ -16,6 +16,7 @@ validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:
@@ -23,4 +24,5 @@ rule all:
         imagenet100=prepared("imagenet100"),
         voc=prepared("voc"),
         coco=prepared("coco"),
+        pretrained=[pretrained(run) for run in PRETRAIN_RUNS[config["preset"]]],
     default_target: True

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -70,5 +71,9 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert json.loads((prepared / "coco" / "manifest.json").read_text())["splits"]["val2017"]["images"] > 0
     assert all((tmp_path / "results" / "logs" / f"{r}.log").is_file()
                for r in ("synth", "prepare_imagenet100", "prepare_voc", "prepare_coco"))
+    for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"):
+        checkpoint = torch.load(tmp_path / "results" / "pretrain" / run / "checkpoint.pth", weights_only=True)
+        assert checkpoint["method"] == run.split("-")[1]
+        assert (checkpoint["config"]["mixture"]["global"]["n"] > 1) == run.endswith("-mix")
     again = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

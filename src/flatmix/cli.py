@@ -34,6 +34,21 @@ def _prepare(args):
     print(json.dumps(summary))
 
 
+def _pretrain(args):
+    from flatmix import pretrain
+    from flatmix.presets import DEFAULTS, PRESETS
+    from flatmix.runconfig import resolve
+    if args.list_presets:
+        print("\n".join(PRESETS))
+        return
+    if args.preset is None and args.config is None:
+        raise FlatmixError("pretrain needs --preset NAME, --config FILE or both (--list-presets shows the names)")
+    if args.out is None:
+        raise FlatmixError("pretrain needs --out DIR")
+    cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set)
+    print(json.dumps(pretrain.run(cfg, args.out, force=args.force)))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="flatmix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,6 +62,16 @@ def build_parser():
     p.add_argument("--voc-images", type=int, default=16, help="images per VOC split")
     p.add_argument("--coco-images", type=int, default=16, help="images per COCO split")
     p.set_defaults(run=_synth)
+
+    p = commands.add_parser("pretrain", help="one MoCo or CMC pretraining run (CPU, or under torchrun)")
+    p.add_argument("--preset", help="a named run (--list-presets)")
+    p.add_argument("--config", help="a YAML run spec; with --preset, it overrides the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one dotted key, e.g. train.epochs=3 (repeatable)")
+    p.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, last.pth, checkpoint.pth")
+    p.add_argument("--force", action="store_true", help="resume from a last.pth made with another config")
+    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    p.set_defaults(run=_pretrain)
 
     p = commands.add_parser("prepare", help="check a data set and write its manifest")
     datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")

@@ -26,7 +26,6 @@ DEFAULTS = {
     "cmc": {"K": 16384, "T": 0.07, "momentum": 0.5, "colour": "YCbCr"},      # colour: YCbCr | Lab
     "mixture": {
         "views": "joint",    # joint: query and key share draws (the authors' code) | query: query only
-        "unmix": False,      # Un-Mix's loss (AAAI 2022): lam * L(mixed) + (1 - lam) * L(mixed, reversed)
         "global": {"n": 1, "p": 0.0, "alpha": 1.0},
         "region": {"n": 1, "p": 0.0, "beta": 1.0, "decay": 1.0},
     },

@@ -33,3 +33,13 @@ def data_root(key):
         return real, []
     sub = {"imagenet": "imagenet", "voc": "VOCdevkit", "coco": "coco"}[key]
     return f"{SYNTH}/{sub}", [synth_marker()]
+
+
+# The pretraining runs each preset makes (preset names of `flatmix pretrain`).
+PRETRAIN_RUNS = {
+    "smoke": ["smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"],
+}
+
+
+def pretrained(run):
+    return results(f"pretrain/{run}/checkpoint.pth")

@@ -1,0 +1,294 @@
+"""One pretraining run (MoCo or CMC, with or without the paper's mixtures), as one CPU process or under
+torchrun on any number of GPUs and nodes.
+
+The global batch size and learning rate mean the same whatever the number of processes. DIR/last.pth
+(atomic) holds everything needed to continue exactly: the model with its queue or memory bank, the
+optimizer, the epoch and step, and every process's random states (torch, CUDA, numpy, python, the
+mixture sampler); data order and augmentations are functions of (seed, epoch, index). A restarted
+command resumes from it by itself. SIGTERM or SIGUSR1 (SLURM pre-emption) saves it mid-epoch and exits
+with status 143, so that a requeued job continues. DIR/checkpoint.pth is written once, at the end.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+import random
+import signal
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+import yaml
+
+from flatmix import atomic
+from flatmix.data.augment import EpochSampler, PretrainDataset, cmc_transform, moco_transform
+from flatmix.errors import FlatmixError
+from flatmix.mixture import GlobalConfig, MixtureSampler, RegionConfig
+from flatmix.models.cmc import CMC, cmc_loss
+from flatmix.models.moco import MoCo, info_nce
+from flatmix.runconfig import flatten
+
+PREEMPTED_EXIT = 143
+CHECKPOINT_FORMAT = "flatmix-pretrain/1"
+
+
+def _validate(cfg):
+    checks = [
+        (cfg["method"] in ("moco", "cmc"), f"method must be moco or cmc, got {cfg['method']!r}"),
+        (bool(cfg["data"]["root"]), "data.root is not set (a prepared ImageNet-100 folder)"),
+        (cfg["moco"]["aug"] in ("v1", "v2"), f"moco.aug must be v1 or v2, got {cfg['moco']['aug']!r}"),
+        (cfg["cmc"]["colour"] in ("YCbCr", "Lab"), f"cmc.colour must be YCbCr or Lab, got {cfg['cmc']['colour']!r}"),
+        (cfg["mixture"]["views"] in ("joint", "query"), "mixture.views must be joint or query"),
+        (cfg["train"]["schedule"] in ("step", "cosine"), "train.schedule must be step or cosine"),
+        (cfg["train"]["precision"] in ("fp32", "bf16"), "train.precision must be fp32 or bf16"),
+        (cfg["mixture"]["global"]["n"] >= 1 and cfg["mixture"]["region"]["n"] >= 1,
+         "mixture.global.n and mixture.region.n count images and must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FlatmixError(message)
+
+
+class Distributed:
+    """Process group set-up: torchrun's environment when present, else a single process."""
+
+    def __init__(self):
+        self.enabled = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cuda = torch.cuda.is_available()
+        if self.enabled:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if cuda:
+                torch.cuda.set_device(local)
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        else:
+            self.rank, self.world = 0, 1
+            self.device = torch.device("cuda") if cuda else torch.device("cpu")
+        self.main = self.rank == 0
+
+    def any(self, flag):
+        """True on every rank when `flag` is true on any rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj):
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def close(self):
+        if self.enabled:
+            dist.destroy_process_group()
+
+
+def learning_rate(cfg, epoch):
+    t = cfg["train"]
+    if t["schedule"] == "cosine":
+        return t["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / t["epochs"]))
+    return t["lr"] * 0.1 ** sum(epoch >= m for m in t["milestones"])
+
+
+def build_model(cfg, n_data):
+    if cfg["method"] == "moco":
+        m = cfg["moco"]
+        return MoCo(cfg["model"]["arch"], dim=cfg["model"]["dim"], K=m["K"], m=m["m"], T=m["T"], mlp=m["mlp"])
+    c = cfg["cmc"]
+    return CMC(n_data, arch=cfg["model"]["arch"], dim=cfg["model"]["dim"], K=c["K"], T=c["T"],
+               momentum=c["momentum"])
+
+
+def _rng_state(sampler):
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(),
+            "mixture": sampler.state_dict()}
+
+
+def _set_rng_state(state, sampler):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])
+    sampler.load_state_dict(state["mixture"])
+
+
+def _config_difference(saved, cfg):
+    a, b = flatten(saved), flatten(cfg)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _load_last(path, cfg, force):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    changed = _config_difference(state["config"], cfg)
+    if changed and not force:
+        raise FlatmixError(f"{path} was made with a different config ({', '.join(changed)} differ); "
+                           "use the same config, another --out, or --force to continue anyway")
+    return state
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGUSR1: the loop saves last.pth after the current step and exits."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+
+def run(cfg, out, force=False):
+    """Train according to the resolved config `cfg`, writing into `out`; returns the final metrics."""
+    _validate(cfg)
+    out = Path(out)
+    env = Distributed()
+    try:
+        return _train(cfg, out, env, force)
+    finally:
+        env.close()
+
+
+def _train(cfg, out, env, force):
+    t = cfg["train"]
+    if t["batch_size"] % env.world:
+        raise FlatmixError(f"train.batch_size {t['batch_size']} is not divisible by {env.world} processes")
+    root = Path(cfg["data"]["root"]) / "train"
+    if not root.is_dir():
+        raise FlatmixError(f"data.root: {root} is not a folder of class folders")
+    last = out / "last.pth"
+    state = _load_last(last, cfg, force) if last.exists() else None
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+    torch.manual_seed(cfg["seed"] + env.rank)
+    np.random.seed(cfg["seed"] + env.rank)
+    random.seed(cfg["seed"] + env.rank)
+    size = cfg["data"]["image_size"]
+    if cfg["method"] == "moco":
+        dataset = PretrainDataset(root, moco_transform(size, cfg["moco"]["aug"]), 2, cfg["seed"])
+    else:
+        dataset = PretrainDataset(root, cmc_transform(size, cfg["cmc"]["colour"]), 1, cfg["seed"])
+    sampler = EpochSampler(len(dataset), t["batch_size"], env.rank, env.world, cfg["seed"])
+    if sampler.steps_per_epoch() == 0:
+        raise FlatmixError(f"{len(dataset)} training images make no batch of train.batch_size {t['batch_size']}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"] // env.world, sampler=sampler,
+                                         num_workers=cfg["data"]["workers"], pin_memory=env.device.type == "cuda",
+                                         drop_last=True)
+
+    model = build_model(cfg, len(dataset)).to(env.device)
+    memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
+                                momentum=t["momentum"], weight_decay=t["weight_decay"])
+    mix = cfg["mixture"]
+    mixer = MixtureSampler(GlobalConfig(**mix["global"]), RegionConfig(**mix["region"]),
+                           seed=[cfg["seed"], env.rank])
+    mixing = mix["global"]["n"] > 1 or mix["region"]["n"] > 1
+    epoch, start_step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, start_step = state["epoch"], state["step"]
+        if len(state["rng"]) == env.world:
+            _set_rng_state(state["rng"][env.rank], mixer)
+        elif env.main:
+            print(f"pretrain: {last} was written by {len(state['rng'])} processes, now {env.world}: "
+                  "continuing with fresh random states", flush=True)
+    net = model
+    if env.enabled:
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16")
+    stop = _StopFlag()
+    steps = sampler.steps_per_epoch()
+    bar = tqdm(total=t["epochs"] * steps, initial=epoch * steps + start_step, disable=not env.main,
+               unit="step", dynamic_ncols=True, desc="pretrain")
+    metrics = open(out / "metrics.jsonl", "a") if env.main else None
+
+    def save_last(epoch, step):
+        rng = env.gather(_rng_state(mixer))
+        if env.main:
+            with atomic.atomic_path(last) as tmp:
+                torch.save({"config": cfg, "epoch": epoch, "step": step, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), "rng": rng}, tmp)
+        env.barrier()
+
+    loss_value = float("nan")
+    while epoch < t["epochs"]:
+        lr = learning_rate(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, start_step)
+        tick, window = time.perf_counter(), 0
+        for step, batch in enumerate(loader, start=start_step):
+            *views, index = (b.to(env.device, non_blocking=True) for b in batch)
+            views = [v.to(memory_format=memory_format) for v in views]
+            if mixing:
+                batch_size, _, height, width = views[0].shape
+                draw = mixer.draw(batch_size, height, width)
+                views[0] = draw.apply(views[0], mix["region"]["decay"])
+                if len(views) == 2 and mix["views"] == "joint":
+                    views[1] = draw.apply(views[1], mix["region"]["decay"])
+            with autocast:
+                if cfg["method"] == "moco":
+                    loss = info_nce(net(views[0], views[1]))
+                else:
+                    out_l, out_ab, feat_l, feat_ab = net(views[0], index)
+                    loss = cmc_loss(out_l, out_ab)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if cfg["method"] == "cmc":
+                model.update_memory(feat_l, feat_ab, index)
+            window += 1
+            bar.update()
+            if (step + 1) % t["log_every"] == 0 or step + 1 == steps:
+                loss_value = loss.item()
+                elapsed = time.perf_counter() - tick
+                pairs = window * t["batch_size"] / elapsed
+                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", pairs_s=f"{pairs:.1f}")
+                if metrics:
+                    metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "lr": lr,
+                                              "pairs_per_s": pairs, "time": time.time()}) + "\n")
+                    metrics.flush()
+                tick, window = time.perf_counter(), 0
+            if env.any(stop.raised) and step + 1 < steps:
+                save_last(epoch, step + 1)
+                bar.close()
+                raise SystemExit(PREEMPTED_EXIT)
+        epoch, start_step = epoch + 1, 0
+        if env.any(stop.raised) or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
+            save_last(epoch, 0)
+            if stop.raised and epoch < t["epochs"]:
+                bar.close()
+                raise SystemExit(PREEMPTED_EXIT)
+    bar.close()
+    result = {"epochs": t["epochs"], "final_loss": loss_value}
+    if env.main:
+        with atomic.atomic_path(out / "checkpoint.pth") as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "method": cfg["method"], "arch": cfg["model"]["arch"],
+                        "config": cfg, "state_dict": model.state_dict()}, tmp)
+        metrics.close()
+    return result

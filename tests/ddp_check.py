@@ -1,0 +1,89 @@
+"""Run under `torchrun --nproc_per_node=2` (gloo, CPU) by test_pretrain.py: checks what DDP must hold for
+MoCo and CMC, step by step. Exits non-zero (an AssertionError) when any of it does not."""
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+import torch.nn.functional as F
+
+from flatmix.models.cmc import CMC, cmc_loss
+from flatmix.models.moco import MoCo, info_nce
+
+
+def gathered(t):
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def same_on_all_ranks(t):
+    return all(torch.equal(t, other) for other in gathered(t))
+
+
+def check_moco(rank):
+    torch.manual_seed(0)  # same initial weights on every rank
+    model = MoCo("resnet_tiny", dim=8, K=32, m=0.9)
+    net = DistributedDataParallel(model, broadcast_buffers=False)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    torch.manual_seed(100 + rank)  # different data and shuffles per rank
+    seen, keys = {}, {}
+    model.encoder_k.register_forward_pre_hook(lambda m, a: seen.__setitem__("k_input", a[0].clone()))
+    shuffled_keys = model._shuffled_keys
+    model._shuffled_keys = lambda x: keys.setdefault("k", shuffled_keys(x))
+    foreign = 0
+    for step in range(5):
+        im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+        ptr = int(model.queue_ptr)
+        keys.clear()
+        loss = info_nce(net(im_q, im_k))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        # shuffle BN: the key encoder saw samples of the other rank
+        local = {tuple(r.flatten()[:4].tolist()) for r in im_k}
+        foreign += sum(tuple(r.flatten()[:4].tolist()) not in local for r in seen["k_input"])
+        # the queue received every rank's keys, in rank order, and is the same everywhere
+        new = model.queue[:, ptr:ptr + 8].T
+        assert torch.allclose(new[rank * 4:(rank + 1) * 4], F.normalize(keys["k"], dim=1)), "own keys not queued"
+        assert same_on_all_ranks(model.queue), "queues differ between ranks"
+        # identical weights after each step
+        params = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert same_on_all_ranks(params), f"weights differ between ranks after step {step}"
+    assert foreign > 0, "shuffle BN never moved a sample across ranks"
+    # unshuffling restores the order: with BN in eval mode (the same running statistics on every rank),
+    # keys computed on the shuffled batch equal keys computed on the local batch
+    for buffer in model.encoder_k.buffers():
+        dist.broadcast(buffer, src=0)
+    model.encoder_k.eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(shuffled_keys(x), model.encoder_k(x), atol=1e-5), "shuffle BN lost the order"
+
+
+def check_cmc(rank):
+    torch.manual_seed(0)
+    model = CMC(n_data=40, arch="resnet_tiny", dim=8, K=6)
+    net = DistributedDataParallel(model, broadcast_buffers=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.manual_seed(100 + rank)
+    for step in range(3):
+        index = torch.arange(4) + 4 * rank + 8 * step
+        before = model.memory_l.clone()
+        out_l, out_ab, feat_l, feat_ab = net(torch.randn(4, 3, 32, 32), index)
+        loss = cmc_loss(out_l, out_ab)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_memory(feat_l, feat_ab, index)
+        changed = (model.memory_l != before).any(1).nonzero().flatten().tolist()
+        assert changed == list(range(8 * step, 8 * step + 8)), f"memory rows updated: {changed}"
+        assert same_on_all_ranks(model.memory_l) and same_on_all_ranks(model.memory_ab)
+        assert same_on_all_ranks(torch.cat([p.detach().flatten() for p in model.parameters()]))
+
+
+if __name__ == "__main__":
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    check_moco(rank)
+    check_cmc(rank)
+    dist.destroy_process_group()
+    print(f"rank {rank}: DDP checks passed")
