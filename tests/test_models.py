@@ -78,3 +78,18 @@ def test_cmc_memory_update_with_momentum():
     model.update_memory(feat, feat, torch.tensor([2]))
     assert torch.allclose(model.memory_l[2], F.normalize(0.5 * old + 0.5 * feat[0], dim=0))
     assert torch.allclose(model.memory_l[2].norm(), torch.tensor(1.0))
+
+
+def test_unmix_logits_use_own_and_reversed_keys():
+    torch.manual_seed(0)
+    model = MoCo("resnet_tiny", dim=8, K=12, m=0.9, T=0.2)
+    model.eval()  # per-sample BN, so the keys can be recomputed below
+    im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    im_mix = 0.7 * im_q + 0.3 * im_q.flip(0)
+    queue = model.queue.clone()
+    logits, mixed, reversed_ = model(im_q, im_k, im_mix)
+    k = F.normalize(model.encoder_k(im_k), dim=1)
+    q_mix = F.normalize(model.encoder_q(im_mix), dim=1)
+    assert torch.allclose(mixed[:, 0], (q_mix * k).sum(1) / 0.2, atol=1e-5)
+    assert torch.allclose(reversed_[:, 0], (q_mix * k.flip(0)).sum(1) / 0.2, atol=1e-5)
+    assert torch.allclose(reversed_[:, 1:], q_mix @ queue / 0.2, atol=1e-5)

@@ -49,6 +49,11 @@ def _pretrain(args):
     print(json.dumps(pretrain.run(cfg, args.out, force=args.force)))
 
 
+def _bench(args):
+    from flatmix import bench
+    bench.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="flatmix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,6 +77,20 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="resume from a last.pth made with another config")
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.set_defaults(run=_pretrain)
+
+    p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")
+    benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = benches.add_parser("pretrain", help="pretraining step pairs/s, with and without the mixtures")
+    b.add_argument("--method", choices=["moco", "cmc"], default="moco")
+    b.add_argument("--arch", default="resnet50")
+    b.add_argument("--batch-size", type=int, default=256, help="global batch (split over torchrun processes)")
+    b.add_argument("--image-size", type=int, default=224)
+    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    b.add_argument("-K", type=int, default=65536, help="MoCo queue length (CMC: min(K, 16384))")
+    b.set_defaults(run=_bench)
 
     p = commands.add_parser("prepare", help="check a data set and write its manifest")
     datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")

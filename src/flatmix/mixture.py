@@ -126,6 +126,11 @@ class MixtureSampler:
             region_boxes=torch.from_numpy(boxes.astype(np.int64)).reshape(r_lam.shape + (4,)),
         )
 
+    def unmix_lam(self):
+        """Un-Mix's one lam for the whole batch, ~ Beta(alpha, alpha) of the global mixture."""
+        a = self.global_cfg.alpha
+        return float(self.rng.beta(a, a))
+
     def state_dict(self):
         return {"bit_generator": self.rng.bit_generator.state}
 

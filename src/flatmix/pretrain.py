@@ -45,6 +45,7 @@ def _validate(cfg):
         (cfg["mixture"]["views"] in ("joint", "query"), "mixture.views must be joint or query"),
         (cfg["train"]["schedule"] in ("step", "cosine"), "train.schedule must be step or cosine"),
         (cfg["train"]["precision"] in ("fp32", "bf16"), "train.precision must be fp32 or bf16"),
+        (not (cfg["mixture"]["unmix"] and cfg["method"] == "cmc"), "mixture.unmix is defined for MoCo only"),
         (cfg["mixture"]["global"]["n"] >= 1 and cfg["mixture"]["region"]["n"] >= 1,
          "mixture.global.n and mixture.region.n count images and must be at least 1"),
     ]
@@ -90,6 +91,14 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def wrap(self, model):
+        """The model under DistributedDataParallel when distributed. Buffers are not broadcast: the queue
+        and memory bank stay identical through identical updates, and BN statistics are per rank."""
+        if not self.enabled:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                       broadcast_buffers=False)
+
     def close(self):
         if self.enabled:
             dist.destroy_process_group()
@@ -109,6 +118,52 @@ def build_model(cfg, n_data):
     c = cfg["cmc"]
     return CMC(n_data, arch=cfg["model"]["arch"], dim=cfg["model"]["dim"], K=c["K"], T=c["T"],
                momentum=c["momentum"])
+
+
+def build_training(cfg, env, n_data):
+    """The model on its device (in its memory format), its SGD optimizer and this rank's mixture sampler."""
+    t, mix = cfg["train"], cfg["mixture"]
+    model = build_model(cfg, n_data).to(env.device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
+                                momentum=t["momentum"], weight_decay=t["weight_decay"])
+    mixer = MixtureSampler(GlobalConfig(**mix["global"]), RegionConfig(**mix["region"]), seed=[cfg["seed"], env.rank])
+    return model, optimizer, mixer
+
+
+def training_step(cfg, net, model, optimizer, mixer, views, index):
+    """One step on a batch of normalised views: the mixtures, forward, loss, update; returns the loss.
+
+    `net` is `model` itself, or `model` wrapped in DistributedDataParallel.
+    """
+    mix, t = cfg["mixture"], cfg["train"]
+    if t["channels_last"]:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    if mix["global"]["n"] > 1 or mix["region"]["n"] > 1:
+        batch_size, _, height, width = views[0].shape
+        draw = mixer.draw(batch_size, height, width)
+        views[0] = draw.apply(views[0], mix["region"]["decay"])
+        if len(views) == 2 and mix["views"] == "joint":
+            views[1] = draw.apply(views[1], mix["region"]["decay"])
+    device_type = views[0].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
+        if cfg["method"] == "moco" and mix["unmix"]:
+            lam = mixer.unmix_lam()
+            im_mix = lam * views[0] + (1 - lam) * views[0].flip(0)
+            logits, logits_mix, logits_reversed = net(views[0], views[1], im_mix)
+            loss = info_nce(logits) + lam * info_nce(logits_mix) + (1 - lam) * info_nce(logits_reversed)
+        elif cfg["method"] == "moco":
+            loss = info_nce(net(views[0], views[1]))
+        else:
+            out_l, out_ab, feat_l, feat_ab = net(views[0], index)
+            loss = cmc_loss(out_l, out_ab)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if cfg["method"] == "cmc":
+        model.update_memory(feat_l, feat_ab, index)
+    return loss
 
 
 def _rng_state(sampler):
@@ -195,15 +250,7 @@ def _train(cfg, out, env, force):
                                          num_workers=cfg["data"]["workers"], pin_memory=env.device.type == "cuda",
                                          drop_last=True)
 
-    model = build_model(cfg, len(dataset)).to(env.device)
-    memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
-                                momentum=t["momentum"], weight_decay=t["weight_decay"])
-    mix = cfg["mixture"]
-    mixer = MixtureSampler(GlobalConfig(**mix["global"]), RegionConfig(**mix["region"]),
-                           seed=[cfg["seed"], env.rank])
-    mixing = mix["global"]["n"] > 1 or mix["region"]["n"] > 1
+    model, optimizer, mixer = build_training(cfg, env, len(dataset))
     epoch, start_step = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -214,11 +261,7 @@ def _train(cfg, out, env, force):
         elif env.main:
             print(f"pretrain: {last} was written by {len(state['rng'])} processes, now {env.world}: "
                   "continuing with fresh random states", flush=True)
-    net = model
-    if env.enabled:
-        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                                      broadcast_buffers=False)
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16")
+    net = env.wrap(model)
     stop = _StopFlag()
     steps = sampler.steps_per_epoch()
     bar = tqdm(total=t["epochs"] * steps, initial=epoch * steps + start_step, disable=not env.main,
@@ -244,24 +287,7 @@ def _train(cfg, out, env, force):
         tick, window = time.perf_counter(), 0
         for step, batch in enumerate(loader, start=start_step):
             *views, index = (b.to(env.device, non_blocking=True) for b in batch)
-            views = [v.to(memory_format=memory_format) for v in views]
-            if mixing:
-                batch_size, _, height, width = views[0].shape
-                draw = mixer.draw(batch_size, height, width)
-                views[0] = draw.apply(views[0], mix["region"]["decay"])
-                if len(views) == 2 and mix["views"] == "joint":
-                    views[1] = draw.apply(views[1], mix["region"]["decay"])
-            with autocast:
-                if cfg["method"] == "moco":
-                    loss = info_nce(net(views[0], views[1]))
-                else:
-                    out_l, out_ab, feat_l, feat_ab = net(views[0], index)
-                    loss = cmc_loss(out_l, out_ab)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if cfg["method"] == "cmc":
-                model.update_memory(feat_l, feat_ab, index)
+            loss = training_step(cfg, net, model, optimizer, mixer, views, index)
             window += 1
             bar.update()
             if (step + 1) % t["log_every"] == 0 or step + 1 == steps:
@@ -279,9 +305,10 @@ def _train(cfg, out, env, force):
                 bar.close()
                 raise SystemExit(PREEMPTED_EXIT)
         epoch, start_step = epoch + 1, 0
-        if env.any(stop.raised) or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
+        stopping = env.any(stop.raised)
+        if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
             save_last(epoch, 0)
-            if stop.raised and epoch < t["epochs"]:
+            if stopping and epoch < t["epochs"]:
                 bar.close()
                 raise SystemExit(PREEMPTED_EXIT)
     bar.close()

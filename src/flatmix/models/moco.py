@@ -61,17 +61,27 @@ class MoCo(nn.Module):
         unshuffle = torch.argsort(perm)
         return keys[unshuffle.view(-1, local)[rank]]
 
-    def forward(self, im_q, im_k):
-        """Logits [B, 1 + K] (positive first); the batch's keys then join the queue."""
+    def _logits(self, q, k):
+        l_pos = torch.einsum("nc,nc->n", q, k.to(q.dtype)).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach().to(q.dtype))
+        return torch.cat([l_pos, l_neg], dim=1) / self.T
+
+    def forward(self, im_q, im_k, im_mix=None):
+        """Logits [B, 1 + K] (positive first); the batch's keys then join the queue.
+
+        With im_mix (Un-Mix: the queries mixed with the reversed batch), also the mixed queries' logits
+        against their own keys and against the reversed batch's keys.
+        """
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self.momentum_update()
             k = F.normalize(self._shuffled_keys(im_k), dim=1)
-        l_pos = torch.einsum("nc,nc->n", q, k.to(q.dtype)).unsqueeze(-1)
-        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach().to(q.dtype))
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        logits = [self._logits(q, k)]
+        if im_mix is not None:
+            q_mix = F.normalize(self.encoder_q(im_mix), dim=1)
+            logits += [self._logits(q_mix, k), self._logits(q_mix, k.flip(0))]
         self.enqueue(k)
-        return logits
+        return logits[0] if im_mix is None else tuple(logits)
 
 
 def info_nce(logits):
