@@ -54,6 +54,11 @@ def _bench(args):
     bench.run(args)
 
 
+def _convert(args):
+    from flatmix.convert import convert
+    print(json.dumps(convert(args.src, args.to, args.out, args.view or "")))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="flatmix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,6 +82,14 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="resume from a last.pth made with another config")
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.set_defaults(run=_pretrain)
+
+    p = commands.add_parser("convert", help="write a checkpoint's ResNet backbone for torchvision, mmdet or detectron2")
+    p.add_argument("src", help="a checkpoint: this project's, facebookresearch MoCo, the CMC code base's, "
+                               "torchvision or mmdetection")
+    p.add_argument("--to", required=True, choices=["torchvision", "mmdet", "detectron2"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--view", choices=["l", "ab"], help="CMC: which half (l: the L/Y encoder, ab: the ab/CbCr one)")
+    p.set_defaults(run=_convert)
 
     p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
