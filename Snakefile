@@ -17,6 +17,7 @@ validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -24,5 +25,7 @@ rule all:
         imagenet100=prepared("imagenet100"),
         voc=prepared("voc"),
         coco=prepared("coco"),
-        pretrained=[pretrained(run) for run in PRETRAIN_RUNS[config["preset"]]],
+        converted=[c for run in PRETRAIN_RUNS[config["preset"]] for c in converted(run)],
+        linear=[results(f"linear/{run}/metrics.json") for run in PRETRAIN_RUNS[config["preset"]]],
+        flatness=results("flatness/flatness.png"),
     default_target: True

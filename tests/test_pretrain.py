@@ -51,7 +51,8 @@ def test_ddp_invariants_on_two_cpu_processes():
 
 @pytest.mark.parametrize("preset", ["smoke-moco-mix", "smoke-cmc-mix"])
 def test_pretrain_under_torchrun(synth_root, tmp_path, preset):
-    args = _pretrain_args(synth_root / "imagenet", tmp_path / "run", "train.epochs=1", preset=preset)
+    args = _pretrain_args(synth_root / "imagenet", tmp_path / "run", "train.epochs=1", "model.arch=resnet_tiny",
+                          preset=preset)
     result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "flatmix", *args],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -112,8 +113,8 @@ def test_loss_falls_over_a_few_epochs(synth_root, tmp_path, preset, sets):
     """CMC's loss falls from the start. MoCo's first rises while its random initial queue (easy
     negatives) fills with real keys, then falls; at 32 pixels MoCo v1's hue jitter of 0.4 leaves too
     little to learn in a few CPU epochs, so MoCo is shown with v2's augmentation."""
-    result = run_flatmix(*_pretrain_args(synth_root / "imagenet", tmp_path, "train.epochs=8",
-                                         "train.milestones=[]", *sets, preset=preset))
+    result = run_flatmix(*_pretrain_args(synth_root / "imagenet", tmp_path, "train.epochs=8", "train.milestones=[]",
+                                         "model.arch=resnet_tiny", *sets, preset=preset))
     assert result.returncode == 0, result.stderr[-3000:]
     by_epoch = {}
     for r in _losses(tmp_path):

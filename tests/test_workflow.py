@@ -75,5 +75,11 @@ def test_smoke_dag_end_to_end(tmp_path):
         checkpoint = torch.load(tmp_path / "results" / "pretrain" / run / "checkpoint.pth", weights_only=True)
         assert checkpoint["method"] == run.split("-")[1]
         assert (checkpoint["config"]["mixture"]["global"]["n"] > 1) == run.endswith("-mix")
+        metrics = json.loads((tmp_path / "results" / "linear" / run / "metrics.json").read_text())
+        assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    assert (tmp_path / "results" / "convert" / "smoke-moco" / "backbone-mmdet.pth").is_file()
+    assert (tmp_path / "results" / "convert" / "smoke-cmc" / "l-torchvision.pth").is_file()
+    flatness = json.loads((tmp_path / "results" / "flatness" / "flatness.json").read_text())
+    assert set(flatness["models"]) == {"MoCo", "MoCo + mixtures"}
     again = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from flatmix.pretrain import Distributed, build_training, training_step
+from flatmix.distributed import Distributed
+from flatmix.pretrain import build_training, training_step
 from flatmix.presets import DEFAULTS, PRESETS
 from flatmix.runconfig import resolve
 

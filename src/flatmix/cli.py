@@ -59,6 +59,27 @@ def _convert(args):
     print(json.dumps(convert(args.src, args.to, args.out, args.view or "")))
 
 
+def _linear(args):
+    from flatmix.linear import run
+    metrics = run(args.backbone, args.data, args.out, epochs=args.epochs, lr=args.lr, milestones=args.milestones,
+                  batch_size=args.batch_size, weight_decay=args.weight_decay, image_size=args.image_size,
+                  workers=args.workers, seed=args.seed)
+    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "epochs", "protocol")}))
+
+
+def _flatness(args):
+    from flatmix.flatness import run
+    print(json.dumps(run(args.backbone, args.data, args.out, image_size=args.image_size,
+                         batch_size=args.batch_size, workers=args.workers)))
+
+
+def _int_list(text):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,40,50, got {text!r}") from None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="flatmix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,6 +111,30 @@ def build_parser():
     p.add_argument("--out", required=True)
     p.add_argument("--view", choices=["l", "ab"], help="CMC: which half (l: the L/Y encoder, ab: the ab/CbCr one)")
     p.set_defaults(run=_convert)
+
+    p = commands.add_parser("linear", help="linear classification on a frozen backbone (top-1, top-5)")
+    p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads")
+    p.add_argument("--data", required=True, help="a prepared data set with train/ and val/ class folders")
+    p.add_argument("--out", required=True, help="folder for metrics.json, linear.pth and last.pth")
+    p.add_argument("--epochs", type=int, help="default: the protocol's (ImageNet-100 60, ImageNet-1K 100)")
+    p.add_argument("--lr", type=float, help="default: the protocol's (ImageNet-100 10, ImageNet-1K 30)")
+    p.add_argument("--milestones", type=_int_list, help="epochs of x0.1, e.g. 30,40,50 (default: the protocol's)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_linear)
+
+    p = commands.add_parser("flatness", help="Figure 5: sorted softmax of the final layer, per backbone")
+    p.add_argument("--backbone", required=True, action="append", metavar="NAME=CKPT",
+                   help="a named checkpoint (repeat for each curve)")
+    p.add_argument("--data", required=True, help="a prepared data set with val/ class folders")
+    p.add_argument("--out", required=True, help="folder for flatness.png and flatness.json")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=8)
+    p.set_defaults(run=_flatness)
 
     p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

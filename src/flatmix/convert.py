@@ -101,7 +101,7 @@ def _candidates(ckpt):
     if _is_tensor_dict(ckpt):
         return "torchvision", "", "RGB", {"": _without_module(ckpt)}
     keys = ", ".join(sorted(map(str, ckpt))[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
-    raise FlatmixError(f"unrecognised checkpoint format (top level: {keys})")
+    raise FlatmixError(f"unrecognised checkpoint format (top level: {keys}); not a backbone checkpoint")
 
 
 def infer_arch(state):
@@ -131,7 +131,10 @@ def arch_name(arch):
 def _checked(state, source):
     """The backbone (fc dropped) after checking it is exactly a ResNet's: nothing missing or left over."""
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    arch = infer_arch(state)
+    try:
+        arch = infer_arch(state)
+    except FlatmixError as e:
+        raise FlatmixError(f"{source}: {e}") from None
     reference = WideResNet(arch["layers"], arch["stem"], arch["width"], arch["in_channels"]).state_dict()
     expected = {k: v.shape for k, v in reference.items() if not k.startswith("fc.")}
     missing = sorted(set(expected) - set(state))
@@ -146,9 +149,17 @@ def _checked(state, source):
     return state, arch
 
 
+def _identify(path):
+    try:
+        return _candidates(load_checkpoint(path))
+    except FlatmixError as e:
+        message = str(e)
+        raise FlatmixError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
 def extract(path, view=""):
     """The Backbone in checkpoint `path`; CMC checkpoints need `view` (l or ab)."""
-    fmt, method, colour, views = _candidates(load_checkpoint(path))
+    fmt, method, colour, views = _identify(path)
     if method == "cmc":
         if view not in CMC_VIEWS:
             raise FlatmixError(f"{path} is a CMC checkpoint with two encoders: choose --view l or --view ab")
@@ -165,7 +176,7 @@ def extract(path, view=""):
 
 def extract_all(path):
     """Every backbone of a checkpoint: one, or CMC's two halves (l first)."""
-    fmt, method, _, _ = _candidates(load_checkpoint(path))
+    _, method, _, _ = _identify(path)
     return [extract(path, v) for v in CMC_VIEWS] if method == "cmc" else [extract(path)]
 
 

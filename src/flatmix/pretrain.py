@@ -11,7 +11,6 @@ with status 143, so that a requeued job continues. DIR/checkpoint.pth is written
 
 import json
 import math
-import os
 from pathlib import Path
 import random
 import signal
@@ -19,13 +18,12 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 import yaml
 
 from flatmix import atomic
 from flatmix.data.augment import EpochSampler, PretrainDataset, cmc_transform, moco_transform
+from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.mixture import GlobalConfig, MixtureSampler, RegionConfig
 from flatmix.models.cmc import CMC, cmc_loss
@@ -52,56 +50,6 @@ def _validate(cfg):
     for ok, message in checks:
         if not ok:
             raise FlatmixError(message)
-
-
-class Distributed:
-    """Process group set-up: torchrun's environment when present, else a single process."""
-
-    def __init__(self):
-        self.enabled = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        cuda = torch.cuda.is_available()
-        if self.enabled:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            if cuda:
-                torch.cuda.set_device(local)
-            dist.init_process_group("nccl" if cuda else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
-        else:
-            self.rank, self.world = 0, 1
-            self.device = torch.device("cuda") if cuda else torch.device("cpu")
-        self.main = self.rank == 0
-
-    def any(self, flag):
-        """True on every rank when `flag` is true on any rank."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def gather(self, obj):
-        if not self.enabled:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self):
-        if self.enabled:
-            dist.barrier()
-
-    def wrap(self, model):
-        """The model under DistributedDataParallel when distributed. Buffers are not broadcast: the queue
-        and memory bank stay identical through identical updates, and BN statistics are per rank."""
-        if not self.enabled:
-            return model
-        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                       broadcast_buffers=False)
-
-    def close(self):
-        if self.enabled:
-            dist.destroy_process_group()
 
 
 def learning_rate(cfg, epoch):

@@ -43,3 +43,29 @@ PRETRAIN_RUNS = {
 
 def pretrained(run):
     return results(f"pretrain/{run}/checkpoint.pth")
+
+# Figure 5's curves: {label: run} per preset.
+FLATNESS_RUNS = {
+    "smoke": {"MoCo": "smoke-moco", "MoCo + mixtures": "smoke-moco-mix"},
+}
+
+
+def converted(run):
+    """The conversions a run gets: MoCo's backbone for each target, CMC's two halves for torchvision
+    (mmdetection and detectron2 take RGB input)."""
+    if "-cmc" in run:
+        return [results(f"convert/{run}/{part}-torchvision.pth") for part in ("l", "ab")]
+    return [results(f"convert/{run}/backbone-{t}") for t in ("torchvision.pth", "mmdet.pth", "detectron2.pkl")]
+
+
+def linear_options():
+    """`flatmix linear` flags from config.yaml's `linear` section (null: the protocol's value)."""
+    c = config["linear"]
+    flags = [f"--batch-size {c['batch_size']}", f"--image-size {c['image_size']}", f"--workers {c['workers']}"]
+    if c["epochs"] is not None:
+        flags.append(f"--epochs {c['epochs']}")
+    if c["lr"] is not None:
+        flags.append(f"--lr {c['lr']}")
+    if c["milestones"] is not None:
+        flags.append("--milestones " + ",".join(str(m) for m in c["milestones"]))
+    return " ".join(flags)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from flatmix.models.distributed import concat_all_gather
+from flatmix.distributed import concat_all_gather
 from flatmix.models.moco import info_nce
 from flatmix.models.resnet import build_resnet
 

@@ -11,7 +11,7 @@ from torch import nn
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from flatmix.models.distributed import concat_all_gather, is_distributed
+from flatmix.distributed import concat_all_gather, is_distributed
 from flatmix.models.resnet import build_resnet
 
 

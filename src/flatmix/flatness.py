@@ -1,0 +1,85 @@
+"""Figure 5: how flat the final-layer distribution is. Each validation image's pooled final-layer
+features (ResNet-50: 2048-d; CMC: both halves) go through a softmax; the probabilities are sorted in
+descending order and averaged over the images. A flatter curve, with a lower mean maximum probability,
+is the paper's claim for training with mixtures.
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from flatmix import atomic
+from flatmix.convert import extract_all
+from flatmix.data.loading import image_folder
+from flatmix.errors import FlatmixError
+from flatmix.linear import LinearProbe, val_transform
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+
+def sorted_softmax(features):
+    """[B, D] features -> [B, D] softmax probabilities in descending order."""
+    return torch.softmax(features.float(), dim=1).sort(dim=1, descending=True).values
+
+
+def measure(checkpoint, data, image_size, batch_size, workers, device):
+    """The mean sorted distribution and the mean maximum probability of one backbone over data/val."""
+    backbones = extract_all(checkpoint)
+    probe = LinearProbe(backbones, num_classes=1).to(device).eval()
+    dataset = image_folder(Path(data) / "val", transform=val_transform(image_size, backbones[0].colour))
+    total, count = None, 0
+    with torch.no_grad():
+        for images, _ in tqdm(DataLoader(dataset, batch_size=batch_size, num_workers=workers),
+                              desc=f"flatness {Path(checkpoint).parent.name}", unit="batch", leave=False):
+            p = sorted_softmax(probe.features(images.to(device))).sum(0).cpu().double()
+            total = p if total is None else total + p
+            count += images.shape[0]
+    curve = total / count
+    return {"checkpoint": str(checkpoint), "images": count, "feature_dim": probe.feature_dim,
+            "max_probability": curve[0].item(), "curve": curve.tolist()}
+
+
+def plot(models, path):
+    """The paper's Figure 5: one curve per model, its mean maximum probability as a dotted line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for i, (name, m) in enumerate(models.items()):
+        colour = f"C{i}"
+        ax.plot(range(1, len(m["curve"]) + 1), m["curve"], color=colour, label=name)
+        ax.axhline(m["max_probability"], color=colour, linestyle=":", linewidth=1.2,
+                   label=f"{name}: max p = {m['max_probability']:.4f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("dimension of the final-layer output, sorted by probability")
+    ax.set_ylabel("mean softmax probability")
+    ax.set_title("Figure 5: flatness of the final-layer distribution")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def run(named_checkpoints, data, out, image_size=224, batch_size=256, workers=8):
+    """Measure every NAME=CKPT pair; writes DIR/flatness.json and DIR/flatness.png."""
+    if not (Path(data) / "val").is_dir():
+        raise FlatmixError(f"--data {data}: {Path(data) / 'val'} is not a folder of class folders")
+    models = {}
+    for item in named_checkpoints:
+        name, sep, checkpoint = item.partition("=")
+        if not sep or not name or not checkpoint:
+            raise FlatmixError(f"--backbone {item!r} must look like NAME=CHECKPOINT")
+        if name in models:
+            raise FlatmixError(f"--backbone name {name!r} is given twice")
+        models[name] = None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for item in named_checkpoints:
+        name, _, checkpoint = item.partition("=")
+        models[name] = measure(checkpoint, data, image_size, batch_size, workers, device)
+    out = Path(out)
+    plot(models, out / "flatness.png")
+    atomic.write_json(out / "flatness.json", {"data": str(data), "image_size": image_size, "models": models})
+    return {name: m["max_probability"] for name, m in models.items()}

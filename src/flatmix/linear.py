@@ -1,0 +1,195 @@
+"""The linear classification protocol: a frozen backbone in eval mode, a linear layer on its pooled
+features (CMC: both halves' features concatenated), SGD with momentum 0.9 and no weight decay, a step
+schedule; random-resized crop + flip for training, resize + centre crop for validation; top-1 and top-5.
+
+Protocol defaults come from the data set (ImageNet-100: lr 10, 60 epochs, x0.1 at 30/40/50;
+ImageNet-1K: lr 30, 100 epochs, x0.1 at 60/80/90); every value can be overridden. Runs as one process
+or under torchrun; DIR/last.pth (every epoch) makes a restarted command continue exactly.
+"""
+
+import json
+from pathlib import Path
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms as T
+from tqdm import tqdm
+
+from flatmix import atomic
+from flatmix.convert import arch_name, extract_all
+from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, PretrainDataset, \
+    rgb_to_lab, rgb_to_ycbcr
+from flatmix.data.loading import image_folder
+from flatmix.distributed import Distributed
+from flatmix.errors import FlatmixError
+from flatmix.models.resnet import WideResNet
+
+PROTOCOLS = {
+    "imagenet100": {"lr": 10.0, "epochs": 60, "milestones": [30, 40, 50]},
+    "imagenet1k": {"lr": 30.0, "epochs": 100, "milestones": [60, 80, 90]},
+}
+
+
+def _colour_steps(colour):
+    """What follows ToTensor for the space the encoder was pretrained in."""
+    if colour == "RGB":
+        return [T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    mean, std = CMC_NORMALISE[colour]
+    return [T.Lambda(rgb_to_ycbcr if colour == "YCbCr" else rgb_to_lab), T.Normalize(mean, std)]
+
+
+def train_transform(size, colour):
+    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), *_colour_steps(colour)])
+
+
+def val_transform(size, colour):
+    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), *_colour_steps(colour)])
+
+
+class LinearProbe(nn.Module):
+    """Frozen backbone(s) (always in eval mode) and the linear layer trained on their pooled features."""
+
+    def __init__(self, backbones, num_classes):
+        super().__init__()
+        encoders = []
+        for b in backbones:
+            net = WideResNet(b.arch["layers"], b.arch["stem"], b.arch["width"], b.arch["in_channels"])
+            net.fc = nn.Identity()
+            net.load_state_dict(b.state, strict=True)
+            net.requires_grad_(False)
+            encoders.append(net)
+        self.encoders = nn.ModuleList(encoders)
+        # which input channels each encoder reads: RGB (MoCo) all three; CMC's halves 0 and 1-2
+        self.channels = [slice(None)] if len(encoders) == 1 else [slice(0, 1), slice(1, 3)]
+        self.feature_dim = sum(e.feature_dim for e in encoders)
+        self.linear = nn.Linear(self.feature_dim, num_classes)
+        nn.init.normal_(self.linear.weight, 0.0, 0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.encoders.eval()  # frozen: BN keeps its pretrained statistics
+        return self
+
+    def features(self, x):
+        with torch.no_grad():
+            return torch.cat([e(x[:, c]) for e, c in zip(self.encoders, self.channels)], dim=1)
+
+    def forward(self, x):
+        return self.linear(self.features(x))
+
+
+def _accuracy_counts(logits, labels):
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hits = top5 == labels[:, None]
+    return torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(), labels.numel()], dtype=torch.float64)
+
+
+def evaluate(probe, dataset, env, batch_size, workers):
+    """Top-1 and top-5 (%) over the whole validation set, each process taking every world-th image."""
+    probe.eval()
+    shard = Subset(dataset, range(env.rank, len(dataset), env.world))
+    counts = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for images, labels in DataLoader(shard, batch_size=batch_size, num_workers=workers):
+            counts += _accuracy_counts(probe(images.to(env.device)).float().cpu(), labels)
+    counts = env.sum(counts.to(env.device)).cpu()
+    return 100 * counts[0].item() / counts[2].item(), 100 * counts[1].item() / counts[2].item()
+
+
+def run(backbone, data, out, epochs=None, lr=None, milestones=None, batch_size=256, weight_decay=0.0,
+        image_size=224, workers=8, seed=0):
+    """Train and evaluate the probe; writes DIR/metrics.json and returns it."""
+    data, out = Path(data), Path(out)
+    for split in ("train", "val"):
+        if not (data / split).is_dir():
+            raise FlatmixError(f"--data {data}: {data / split} is not a folder of class folders")
+    backbones = extract_all(backbone)
+    colour = backbones[0].colour
+    train_set = PretrainDataset(data / "train", train_transform(image_size, colour), views=1, seed=seed)
+    val_set = image_folder(data / "val", transform=val_transform(image_size, colour))
+    classes = len(train_set.images.classes)
+    if val_set.classes != train_set.images.classes:
+        raise FlatmixError(f"--data {data}: train/ and val/ hold different classes")
+    protocol_name = "imagenet1k" if classes >= 1000 else "imagenet100"
+    protocol = PROTOCOLS[protocol_name]
+    cfg = {"backbone": str(backbone), "data": str(data), "protocol": protocol_name,
+           "epochs": epochs if epochs is not None else protocol["epochs"],
+           "lr": lr if lr is not None else protocol["lr"],
+           "milestones": milestones if milestones is not None else protocol["milestones"],
+           "batch_size": batch_size, "weight_decay": weight_decay, "momentum": 0.9,
+           "image_size": image_size, "seed": seed}
+
+    env = Distributed()
+    try:
+        return _train(cfg, backbones, train_set, val_set, classes, out, env, workers)
+    finally:
+        env.close()
+
+
+def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
+    start_time = time.time()
+    if cfg["batch_size"] % env.world:
+        raise FlatmixError(f"--batch-size {cfg['batch_size']} is not divisible by {env.world} processes")
+    torch.manual_seed(cfg["seed"])  # the same initial linear layer on every rank and every restart
+    probe = LinearProbe(backbones, classes).to(env.device)
+    optimizer = torch.optim.SGD(probe.linear.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+    sampler = EpochSampler(len(train_set), cfg["batch_size"], env.rank, env.world, cfg["seed"])
+    if sampler.steps_per_epoch() == 0:
+        raise FlatmixError(f"{len(train_set)} training images make no batch of --batch-size {cfg['batch_size']}")
+    loader = DataLoader(train_set, batch_size=cfg["batch_size"] // env.world, sampler=sampler,
+                        num_workers=workers, pin_memory=env.device.type == "cuda", drop_last=True)
+    labels_of = torch.tensor(train_set.images.targets)
+    last = out / "last.pth"
+    epoch = 0
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state["config"] != cfg:
+            changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
+            raise FlatmixError(f"{last} was made with other settings ({', '.join(changed)}); use another --out")
+        probe.linear.load_state_dict(state["linear"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch = state["epoch"]
+    linear = env.wrap(probe.linear)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+    steps = sampler.steps_per_epoch()
+    bar = tqdm(total=cfg["epochs"] * steps, initial=epoch * steps, disable=not env.main, unit="step",
+               dynamic_ncols=True, desc="linear")
+    while epoch < cfg["epochs"]:
+        lr = cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["milestones"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        probe.train()
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        tick = time.perf_counter()
+        for step, (images, index) in enumerate(loader):
+            images, labels = images.to(env.device, non_blocking=True), labels_of[index].to(env.device)
+            loss = nn.functional.cross_entropy(linear(probe.features(images)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+            rate = (step + 1) * cfg["batch_size"] / (time.perf_counter() - tick)
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+        epoch += 1
+        if env.main:
+            with atomic.atomic_path(last) as tmp:
+                torch.save({"config": cfg, "epoch": epoch, "linear": probe.linear.state_dict(),
+                            "optimizer": optimizer.state_dict()}, tmp)
+        env.barrier()
+    bar.close()
+    top1, top5 = evaluate(probe, val_set, env, cfg["batch_size"] // env.world, workers)
+    b = backbones[0]
+    metrics = {"top1": top1, "top5": top5, **cfg, "classes": classes, "train_images": len(train_set),
+               "val_images": len(val_set), "source_format": b.source_format, "method": b.method,
+               "colour": b.colour, "arch": arch_name(b.arch), "feature_dim": probe.feature_dim,
+               "processes": env.world, "device": str(env.device), "wall_time_s": round(time.time() - start_time, 1)}
+    if env.main:
+        atomic.write_json(out / "metrics.json", metrics)
+        with atomic.atomic_path(out / "linear.pth") as tmp:
+            torch.save({"linear": probe.linear.state_dict(), "config": cfg}, tmp)
+    return metrics

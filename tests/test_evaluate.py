@@ -1,0 +1,116 @@
+"""The linear probe (frozen backbone, protocol, resume) and Figure 5."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from flatmix import linear
+from flatmix.convert import extract_all
+from flatmix.models.cmc import CMC
+from flatmix.models.moco import MoCo
+from conftest import assert_one_line_error, run_flatmix
+from test_pretrain import BIN
+
+
+def _flatmix_checkpoint(path, method, seed=0):
+    torch.manual_seed(seed)
+    model = MoCo("resnet_tiny", dim=16, K=32) if method == "moco" else CMC(10, arch="resnet_tiny", dim=16, K=4)
+    with torch.no_grad():  # non-trivial BN statistics, so that a BN left in train mode would show
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.uniform_(-0.3, 0.3)
+    torch.save({"format": "flatmix-pretrain/1", "method": method, "arch": "resnet_tiny",
+                "config": {"cmc": {"colour": "YCbCr"}}, "state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("in100")
+    result = run_flatmix("prepare", "imagenet100", "--imagenet-root", synth_root / "imagenet", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+PROBE_ARGS = dict(epochs=2, batch_size=32, image_size=32, workers=0)
+
+
+@pytest.mark.parametrize("method", ["moco", "cmc"])
+def test_probe_leaves_the_backbone_bitwise_unchanged(prepared, tmp_path, monkeypatch, method):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", method)
+    probes = []
+
+    class RecordingProbe(linear.LinearProbe):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            probes.append(self)
+
+    monkeypatch.setattr(linear, "LinearProbe", RecordingProbe)
+    metrics = linear.run(ckpt, prepared, tmp_path / "probe", **PROBE_ARGS)
+    original = extract_all(ckpt)
+    (probe,) = probes
+    assert len(probe.encoders) == len(original) == (2 if method == "cmc" else 1)
+    for encoder, backbone in zip(probe.encoders, original):
+        state = encoder.state_dict()
+        assert state.keys() == backbone.state.keys()
+        assert all(torch.equal(state[k], backbone.state[k]) for k in state)  # weights and BN statistics
+    assert probe.feature_dim == 256 * len(original)
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    on_disk = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert on_disk["top1"] == metrics["top1"] and on_disk["protocol"] == "imagenet100"
+    assert on_disk["method"] == method and on_disk["val_images"] == 100
+
+
+def test_protocol_defaults_follow_the_data_set():
+    assert linear.PROTOCOLS["imagenet100"] == {"lr": 10.0, "epochs": 60, "milestones": [30, 40, 50]}
+    assert linear.PROTOCOLS["imagenet1k"] == {"lr": 30.0, "epochs": 100, "milestones": [60, 80, 90]}
+
+
+def test_probe_resumes_exactly_after_a_kill(prepared, tmp_path):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    args = ["linear", "--backbone", ckpt, "--data", prepared, "--epochs", "4", "--batch-size", "16",
+            "--image-size", "32", "--workers", "0", "--lr", "1"]
+    assert run_flatmix(*args, "--out", tmp_path / "a").returncode == 0
+    proc = subprocess.Popen([str(BIN / "flatmix"), *map(str, args), "--out", str(tmp_path / "b")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    start = time.time()
+    while not (tmp_path / "b" / "last.pth").exists():
+        assert proc.poll() is None and time.time() - start < 120
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_flatmix(*args, "--out", tmp_path / "b").returncode == 0
+    a = torch.load(tmp_path / "a" / "linear.pth", weights_only=True)["linear"]
+    b = torch.load(tmp_path / "b" / "linear.pth", weights_only=True)["linear"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_probe_bad_inputs(prepared, tmp_path):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    assert_one_line_error(run_flatmix("linear", "--backbone", ckpt, "--data", tmp_path / "nowhere",
+                                      "--out", tmp_path / "o"), "nowhere")
+    torch.save({"optimizer": {"lr": 0.1}}, tmp_path / "not-a-backbone.pth")
+    assert_one_line_error(run_flatmix("linear", "--backbone", tmp_path / "not-a-backbone.pth", "--data", prepared,
+                                      "--out", tmp_path / "o"), "not-a-backbone.pth")
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_figure5_png_and_json(prepared, tmp_path):
+    a = _flatmix_checkpoint(tmp_path / "a.pth", "moco", seed=1)
+    b = _flatmix_checkpoint(tmp_path / "b.pth", "moco", seed=2)
+    result = run_flatmix("flatness", "--backbone", f"MoCo={a}", "--backbone", f"MoCo + mixtures={b}",
+                         "--data", prepared, "--out", tmp_path / "fig", "--image-size", "32", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "fig" / "flatness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((tmp_path / "fig" / "flatness.json").read_text())
+    for m in doc["models"].values():
+        curve = m["curve"]
+        assert len(curve) == 256 and m["images"] == 100
+        assert abs(sum(curve) - 1) < 1e-6 and curve == sorted(curve, reverse=True)
+        assert m["max_probability"] == curve[0]
+    assert_one_line_error(run_flatmix("flatness", "--backbone", str(a), "--data", prepared, "--out", tmp_path / "x"),
+                          "NAME=CHECKPOINT")

@@ -1,0 +1,57 @@
+# Evaluation: backbone conversion, the linear probe on each pretraining run, and Figure 5.
+
+
+rule convert:
+    input:
+        lambda wildcards: pretrained(wildcards.run),
+    output:
+        results("convert/{run}/{part}-{target}"),
+    wildcard_constraints:
+        part="backbone|l|ab",
+        target=r"torchvision\.pth|mmdet\.pth|detectron2\.pkl",
+    params:
+        to=lambda wildcards: wildcards.target.split(".")[0],
+        view=lambda wildcards: "" if wildcards.part == "backbone" else f"--view {wildcards.part}",
+    log:
+        results("logs/convert/{run}/{part}-{target}.log"),
+    shell:
+        "flatmix convert {input} --to {params.to} {params.view} --out {output} > {log} 2>&1"
+
+
+rule linear:
+    input:
+        checkpoint=lambda wildcards: pretrained(wildcards.run),
+        data=prepared("imagenet100"),
+    output:
+        results("linear/{run}/metrics.json"),
+    params:
+        data=lambda wildcards, input: Path(input.data).parent,
+        out=lambda wildcards, output: Path(output[0]).parent,
+        options=linear_options(),
+    log:
+        results("logs/linear/{run}.log"),
+    shell:
+        "flatmix linear --backbone {input.checkpoint} --data {params.data} --out {params.out}"
+        " {params.options} 2> {log}"
+
+
+rule flatness:
+    input:
+        checkpoints=[pretrained(run) for run in FLATNESS_RUNS[config["preset"]].values()],
+        data=prepared("imagenet100"),
+    output:
+        png=results("flatness/flatness.png"),
+        json=results("flatness/flatness.json"),
+    params:
+        backbones=" ".join(
+            f"--backbone '{name}={pretrained(run)}'"
+            for name, run in FLATNESS_RUNS[config["preset"]].items()
+        ),
+        data=lambda wildcards, input: Path(input.data).parent,
+        out=lambda wildcards, output: Path(output.png).parent,
+        image_size=config["flatness"]["image_size"],
+    log:
+        results("logs/flatness.log"),
+    shell:
+        "flatmix flatness {params.backbones} --data {params.data} --out {params.out}"
+        " --image-size {params.image_size} 2> {log}"
