@@ -3,8 +3,9 @@ MoCo and CMC, step by step. Exits non-zero (an AssertionError) when any of it do
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 import torch.nn.functional as F
+
+from flatmix.distributed import Distributed
 
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
@@ -20,10 +21,11 @@ def same_on_all_ranks(t):
     return all(torch.equal(t, other) for other in gathered(t))
 
 
-def check_moco(rank):
+def check_moco(env):
+    rank = env.rank
     torch.manual_seed(0)  # same initial weights on every rank
     model = MoCo("resnet_tiny", dim=8, K=32, m=0.9)
-    net = DistributedDataParallel(model, broadcast_buffers=False)
+    net = env.wrap(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     torch.manual_seed(100 + rank)  # different data and shuffles per rank
     seen, keys = {}, {}
@@ -59,10 +61,11 @@ def check_moco(rank):
     assert torch.allclose(shuffled_keys(x), model.encoder_k(x), atol=1e-5), "shuffle BN lost the order"
 
 
-def check_cmc(rank):
+def check_cmc(env):
+    rank = env.rank
     torch.manual_seed(0)
     model = CMC(n_data=40, arch="resnet_tiny", dim=8, K=6)
-    net = DistributedDataParallel(model, broadcast_buffers=False)
+    net = env.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     torch.manual_seed(100 + rank)
     for step in range(3):
@@ -81,9 +84,8 @@ def check_cmc(rank):
 
 
 if __name__ == "__main__":
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    check_moco(rank)
-    check_cmc(rank)
-    dist.destroy_process_group()
-    print(f"rank {rank}: DDP checks passed")
+    env = Distributed()  # gloo on CPU
+    check_moco(env)
+    check_cmc(env)
+    env.close()
+    print(f"rank {env.rank}: DDP checks passed")

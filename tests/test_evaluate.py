@@ -114,3 +114,14 @@ def test_figure5_png_and_json(prepared, tmp_path):
         assert m["max_probability"] == curve[0]
     assert_one_line_error(run_flatmix("flatness", "--backbone", str(a), "--data", prepared, "--out", tmp_path / "x"),
                           "NAME=CHECKPOINT")
+
+
+def test_probe_under_torchrun(prepared, tmp_path):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "cmc")
+    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "flatmix", "linear",
+                             "--backbone", str(ckpt), "--data", str(prepared), "--out", str(tmp_path / "probe"),
+                             "--epochs", "1", "--batch-size", "32", "--image-size", "32", "--workers", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["val_images"] == 100  # every image counted once

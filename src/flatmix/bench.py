@@ -37,6 +37,7 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
                          for key, value in values.items()]
             cfg = resolve(DEFAULTS, PRESETS, sets=sets)
             local = batch_size // env.world
+            torch.manual_seed(0)
             model, optimizer, mixer = build_training(cfg, env, n_data=max(K, 4 * batch_size))
             net = env.wrap(model)
             model.train()

@@ -66,12 +66,13 @@ class Distributed:
             dist.barrier()
 
     def wrap(self, model):
-        """The model under DistributedDataParallel when distributed. Buffers are not broadcast: the queue
-        and memory bank stay identical through identical updates, and BN statistics are per rank."""
+        """The model under DistributedDataParallel when distributed. Parameters and buffers are made
+        equal at the start; after that, buffers are not synchronised: the queue and memory bank stay
+        identical through identical updates, and BN statistics are per rank (as in MoCo's shuffle BN)."""
         if not self.enabled:
             return model
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       forward_sync_buffers=False)
 
     def close(self):
         if self.enabled:

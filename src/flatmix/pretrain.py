@@ -183,9 +183,6 @@ def _train(cfg, out, env, force):
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
-    torch.manual_seed(cfg["seed"] + env.rank)
-    np.random.seed(cfg["seed"] + env.rank)
-    random.seed(cfg["seed"] + env.rank)
     size = cfg["data"]["image_size"]
     if cfg["method"] == "moco":
         dataset = PretrainDataset(root, moco_transform(size, cfg["moco"]["aug"]), 2, cfg["seed"])
@@ -198,7 +195,11 @@ def _train(cfg, out, env, force):
                                          num_workers=cfg["data"]["workers"], pin_memory=env.device.type == "cuda",
                                          drop_last=True)
 
+    torch.manual_seed(cfg["seed"])  # the same initial model, queue and memory bank on every rank
     model, optimizer, mixer = build_training(cfg, env, len(dataset))
+    torch.manual_seed(cfg["seed"] + env.rank)  # then each rank its own stream (shuffles, negatives)
+    np.random.seed(cfg["seed"] + env.rank)
+    random.seed(cfg["seed"] + env.rank)
     epoch, start_step = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
