@@ -73,6 +73,12 @@ def _flatness(args):
                          batch_size=args.batch_size, workers=args.workers)))
 
 
+def _detect(args):
+    from flatmix.detect.runner import run
+    print(json.dumps(run(args.task, args.backbone, args.data, args.bn, args.out, scale=args.scale,
+                         dry_run=args.dry_run)))
+
+
 def _int_list(text):
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -135,6 +141,17 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(run=_flatness)
+
+    p = commands.add_parser("detect", help="fine-tune and evaluate a detector with mmdetection")
+    p.add_argument("task", choices=["voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn"])
+    p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads, or 'random'")
+    p.add_argument("--data", required=True, help="the VOCdevkit (VOC tasks) or the COCO root")
+    p.add_argument("--bn", required=True, choices=["train", "frozen"],
+                   help="train: BN fine-tuned (the paper's No Freeze); frozen: BN affine and statistics frozen")
+    p.add_argument("--out", required=True, help="folder for config.py, backbone.pth, work/ and metrics.json")
+    p.add_argument("--scale", choices=["smoke", "paper"], default="paper")
+    p.add_argument("--dry-run", action="store_true", help="write config.py only")
+    p.set_defaults(run=_detect)
 
     p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -1,0 +1,1 @@
+"""Downstream detection with mmdetection: config building and the training runner."""

@@ -1,0 +1,115 @@
+"""`flatmix detect`: convert the backbone, write DIR/config.py, then train and evaluate it with mmengine's
+Runner (one CPU process, one GPU, or under torchrun) and write DIR/metrics.json with stable names.
+
+Resume: a restarted run continues from mmengine's last checkpoint in DIR/work. mmengine 0.10.7 reads
+its own checkpoints with torch.load under torch's weights_only default and fails on its own objects;
+those files are written by this run itself, so this process lets torch.load unpickle them
+(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD). The user's backbone checkpoint never reaches that path: it is
+converted first, through the weights_only loader of flatmix.convert.
+"""
+
+import json
+import os
+from pathlib import Path
+import time
+
+import torch
+import torch.distributed as dist
+
+from flatmix import atomic
+from flatmix.convert import convert
+from flatmix.detect.configs import TASKS, build_config
+from flatmix.errors import FlatmixError
+
+RANDOM_BACKBONE = {"type": "ResNet", "depth": 50, "stem_channels": 64, "base_channels": 64, "in_channels": 3,
+                   "style": "pytorch"}
+REQUIRED = {
+    "voc": ["VOC2007/ImageSets/Main/trainval.txt", "VOC2007/ImageSets/Main/test.txt",
+            "VOC2012/ImageSets/Main/trainval.txt"],
+    "coco": ["annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017", "val2017"],
+}
+
+
+def _check_data(dataset, root):
+    root = Path(root)
+    if not root.is_dir():
+        raise FlatmixError(f"--data {root} is not a directory")
+    for rel in REQUIRED[dataset]:
+        if not (root / rel).exists():
+            raise FlatmixError(f"--data {root}: {root / rel} is missing")
+
+
+def _stable_metrics(dataset, raw):
+    """mmdetection's metric names (fractions) as the paper's (percentages)."""
+    if dataset == "voc":
+        return {"AP50": 100 * raw["pascal_voc/mAP"], "recall": 100 * raw["pascal_voc/recall"]}
+    out = {}
+    for kind, prefix in (("bbox", "bbox"), ("segm", "mask")):
+        for name, suffix in (("AP", ""), ("AP50", "_50"), ("AP75", "_75"), ("APs", "_s"), ("APm", "_m"), ("APl", "_l")):
+            key = f"coco/{kind}_mAP{suffix}"
+            if key in raw:
+                out[f"{prefix}_{name}"] = 100 * raw[key]
+    return out
+
+
+def write_config(task, backbone, data, bn, out, scale):
+    """DIR/backbone.pth (unless random) and DIR/config.py; returns the config path."""
+    if task not in TASKS:
+        raise FlatmixError(f"unknown detection task {task!r}; known: {', '.join(TASKS)}")
+    dataset, _ = TASKS[task]
+    _check_data(dataset, data)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if backbone == "random":
+        mmdet_backbone, init = RANDOM_BACKBONE, None
+    else:
+        init = out / "backbone.pth"
+        meta = convert(backbone, "mmdet", init)
+        if meta["in_channels"] != 3:
+            raise FlatmixError(f"{backbone}: a {meta['in_channels']}-channel encoder cannot take RGB images")
+        mmdet_backbone = meta["mmdet_backbone"]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cfg = build_config(task, data, mmdet_backbone, init, bn, scale, synced_bn=distributed and torch.cuda.is_available())
+    path = out / "config.py"
+    tmp = out / ".config.partial.py"
+    cfg.dump(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def train(config_path, out):
+    """Train and test the config with mmengine's Runner; returns mmdetection's raw test metrics."""
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # mmengine's own checkpoints (module docstring)
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(str(config_path))
+    cfg.work_dir = str(Path(out) / "work")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cfg.launcher = "pytorch"
+        if not torch.cuda.is_available():
+            # mmengine's launcher calls torch.cuda.set_device: on CPUs start gloo ourselves, and wrap
+            # without device ids.
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    cfg.resume = (Path(cfg.work_dir) / "last_checkpoint").exists()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.test()
+
+
+def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
+    start = time.time()
+    config_path = write_config(task, backbone, data, bn, out, scale)
+    if dry_run:
+        return {"config": str(config_path)}
+    raw = train(config_path, out)
+    dataset, _ = TASKS[task]
+    metrics = {**_stable_metrics(dataset, raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
+               "data": str(data), "config": str(config_path), "raw": {k: float(v) for k, v in raw.items()},
+               "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if torch.cuda.is_available() else "cpu",
+               "wall_time_s": round(time.time() - start, 1)}
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        atomic.write_json(Path(out) / "metrics.json", metrics)
+    return {k: v for k, v in metrics.items() if k != "raw"}

@@ -1,0 +1,98 @@
+"""Detection: the paper's settings in the written mmdetection configs, and a real smoke training run."""
+
+import json
+
+from mmengine.config import Config
+import pytest
+import torch
+
+from flatmix.detect.configs import MMDET_CONFIGS
+from flatmix.models.resnet import build_resnet
+from conftest import assert_one_line_error, run_flatmix
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bb") / "r50.pth"
+    torch.manual_seed(0)
+    torch.save(build_resnet("resnet50").state_dict(), path)  # a torchvision-format ResNet-50
+    return path
+
+
+def _dry_run(task, backbone, data, bn, out, *extra):
+    result = run_flatmix("detect", task, "--backbone", backbone, "--data", data, "--bn", bn, "--out", out,
+                         "--dry-run", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "metrics.json").exists()
+    return Config.fromfile(str(out / "config.py"))
+
+
+def _datasets(cfg_node):
+    """The innermost dataset dicts of a dataloader config (through Repeat/Concat wrappers)."""
+    d = cfg_node["dataset"]
+    while "dataset" in d:
+        d = d["dataset"]
+    return d.get("datasets", [d])
+
+
+@pytest.mark.parametrize("task,bn", [("voc-faster-rcnn", "train"), ("voc-faster-rcnn", "frozen"),
+                                     ("coco-retinanet", "frozen"), ("coco-mask-rcnn", "frozen")])
+def test_paper_settings_in_config(synth_root, backbone, tmp_path, task, bn):
+    voc = task.startswith("voc")
+    data = synth_root / ("VOCdevkit" if voc else "coco")
+    cfg = _dry_run(task, backbone, data, bn, tmp_path / "run")
+    b = cfg.model.backbone
+    assert (b.type, b.depth, b.style, b.frozen_stages) == ("ResNet", 50, "pytorch", -1)
+    assert b.init_cfg == dict(type="Pretrained", checkpoint=str(tmp_path / "run" / "backbone.pth"))
+    assert torch.load(tmp_path / "run" / "backbone.pth", weights_only=True)["state_dict"]["conv1.weight"].shape == (64, 3, 7, 7)
+    if bn == "train":
+        assert b.norm_cfg == dict(type="BN", requires_grad=True) and b.norm_eval is False
+    else:
+        assert b.norm_cfg == dict(type="BN", requires_grad=False) and b.norm_eval is True
+    assert cfg.model.neck.type == "FPN" and cfg.model.neck.norm_cfg is None
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    resizes = [t for t in _datasets(cfg.train_dataloader)[0]["pipeline"] if t["type"] == "Resize"]
+    test_resizes = [t for t in cfg.test_dataloader.dataset.pipeline if t["type"] == "Resize"]
+    if voc:
+        assert resizes[0]["scale"] == test_resizes[0]["scale"] == (1000, 600)
+        assert cfg.train_dataloader.dataset.times * cfg.train_cfg.max_epochs == 12
+        anns = sorted(d["ann_file"] for d in _datasets(cfg.train_dataloader))
+        assert anns == ["VOC2007/ImageSets/Main/trainval.txt", "VOC2012/ImageSets/Main/trainval.txt"]
+        assert cfg.test_dataloader.dataset.ann_file == "VOC2007/ImageSets/Main/test.txt"
+        assert cfg.test_evaluator.type == "VOCMetricWithRecall"
+        assert cfg.model.roi_head.bbox_head.num_classes == 20
+    else:
+        assert resizes[0]["scale"] == test_resizes[0]["scale"] == (1333, 800)
+        assert cfg.train_cfg.max_epochs == 12
+        assert [s for s in cfg.param_scheduler if s["type"] == "MultiStepLR"][0]["milestones"] == [8, 11]
+        assert cfg.optim_wrapper.optimizer.lr == 0.02
+        assert cfg.train_dataloader.dataset.ann_file == "annotations/instances_train2017.json"
+        assert cfg.test_dataloader.dataset.ann_file == "annotations/instances_val2017.json"
+        metrics = cfg.test_evaluator.metric
+        assert metrics == (["bbox", "segm"] if task == "coco-mask-rcnn" else "bbox")
+    assert all(d["data_root"].rstrip("/") == str(data.resolve()) for d in _datasets(cfg.train_dataloader))
+
+
+def test_random_backbone_and_bad_inputs(synth_root, backbone, tmp_path):
+    cfg = _dry_run("voc-faster-rcnn", "random", synth_root / "VOCdevkit", "frozen", tmp_path / "random")
+    assert cfg.model.backbone.init_cfg is None
+    assert_one_line_error(run_flatmix("detect", "coco-retinanet", "--backbone", backbone, "--data",
+                                      tmp_path / "nowhere", "--bn", "frozen", "--out", tmp_path / "o"), "nowhere")
+    torch.save({"epoch": 3}, tmp_path / "junk.pth")
+    assert_one_line_error(run_flatmix("detect", "coco-retinanet", "--backbone", tmp_path / "junk.pth", "--data",
+                                      synth_root / "coco", "--bn", "frozen", "--out", tmp_path / "o"), "junk.pth")
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_mmdet_ships_the_base_configs():
+    assert (MMDET_CONFIGS / "pascal_voc" / "faster-rcnn_r50_fpn_1x_voc0712.py").is_file()
+
+
+@pytest.mark.slow
+def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, tmp_path):
+    result = run_flatmix("detect", "voc-faster-rcnn", "--backbone", backbone, "--data", synth_root / "VOCdevkit",
+                         "--bn", "train", "--out", tmp_path / "run", "--scale", "smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["AP50"] <= 100 and 0 <= metrics["recall"] <= 100
+    assert (tmp_path / "run" / "work" / "last_checkpoint").is_file()
