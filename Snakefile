@@ -18,6 +18,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/detect.smk"
 
 
 rule all:
@@ -28,4 +29,5 @@ rule all:
         converted=[c for run in PRETRAIN_RUNS[config["preset"]] for c in converted(run)],
         linear=[results(f"linear/{run}/metrics.json") for run in PRETRAIN_RUNS[config["preset"]]],
         flatness=results("flatness/flatness.png"),
+        detections=detections(),
     default_target: True

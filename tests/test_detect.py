@@ -1,6 +1,9 @@
 """Detection: the paper's settings in the written mmdetection configs, and a real smoke training run."""
 
 import json
+from pathlib import Path
+import subprocess
+import sys
 
 from mmengine.config import Config
 import pytest
@@ -96,3 +99,22 @@ def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, t
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["AP50"] <= 100 and 0 <= metrics["recall"] <= 100
     assert (tmp_path / "run" / "work" / "last_checkpoint").is_file()
+    # a restart resumes from mmengine's own checkpoint (torch.load of mmengine's objects) and finishes
+    (tmp_path / "run" / "metrics.json").unlink()
+    again = run_flatmix("detect", "voc-faster-rcnn", "--backbone", backbone, "--data", synth_root / "VOCdevkit",
+                        "--bn", "train", "--out", tmp_path / "run", "--scale", "smoke")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed epoch: 1" in again.stdout + again.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["AP50"] == metrics["AP50"]
+
+
+@pytest.mark.slow
+def test_retinanet_under_torchrun_on_two_cpu_processes(synth_root, backbone, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "-m", "flatmix", "detect",
+                             "coco-retinanet", "--backbone", str(backbone), "--data", str(synth_root / "coco"),
+                             "--bn", "frozen", "--out", str(tmp_path / "run"), "--scale", "smoke"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["bbox_AP"] is not None

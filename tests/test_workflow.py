@@ -81,5 +81,11 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert (tmp_path / "results" / "convert" / "smoke-cmc" / "l-torchvision.pth").is_file()
     flatness = json.loads((tmp_path / "results" / "flatness" / "flatness.json").read_text())
     assert set(flatness["models"]) == {"MoCo", "MoCo + mixtures"}
+    detect = tmp_path / "results" / "detect" / "smoke-moco-mix"
+    for setting, keys in (("voc-faster-rcnn-train", ["AP50", "recall"]), ("voc-faster-rcnn-frozen", ["AP50", "recall"]),
+                          ("coco-retinanet-frozen", ["bbox_AP", "bbox_AP50", "bbox_AP75"]),
+                          ("coco-mask-rcnn-frozen", ["bbox_AP", "mask_AP", "mask_AP50", "mask_AP75"])):
+        metrics = json.loads((detect / setting / "metrics.json").read_text())
+        assert all(0 <= metrics[k] <= 100 for k in keys), metrics
     again = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr

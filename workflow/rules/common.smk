@@ -69,3 +69,21 @@ def linear_options():
     if c["milestones"] is not None:
         flags.append("--milestones " + ",".join(str(m) for m in c["milestones"]))
     return " ".join(flags)
+
+# The paper's four detection settings (Tables 7-8): (task, bn).
+DETECTION_SETTINGS = [("voc-faster-rcnn", "train"), ("voc-faster-rcnn", "frozen"),
+                      ("coco-retinanet", "frozen"), ("coco-mask-rcnn", "frozen")]
+# The backbones each preset benchmarks on them (pretraining runs, or "random").
+DETECTION_BACKBONES = {
+    "smoke": ["smoke-moco-mix"],
+}
+
+
+def detection_backbone(backbone):
+    """The mmdetection conversion of a pretraining run; nothing for random initialisation."""
+    return [] if backbone == "random" else results(f"convert/{backbone}/backbone-mmdet.pth")
+
+
+def detections():
+    return [results(f"detect/{b}/{task}-{bn}/metrics.json")
+            for b in DETECTION_BACKBONES[config["preset"]] for task, bn in DETECTION_SETTINGS]

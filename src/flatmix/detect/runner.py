@@ -39,16 +39,18 @@ def _check_data(dataset, root):
             raise FlatmixError(f"--data {root}: {root / rel} is missing")
 
 
-def _stable_metrics(dataset, raw):
+def _stable_metrics(task, dataset, raw):
     """mmdetection's metric names (fractions) as the paper's (percentages)."""
     if dataset == "voc":
         return {"AP50": 100 * raw["pascal_voc/mAP"], "recall": 100 * raw["pascal_voc/recall"]}
     out = {}
-    for kind, prefix in (("bbox", "bbox"), ("segm", "mask")):
+    kinds = (("bbox", "bbox"), ("segm", "mask")) if task == "coco-mask-rcnn" else (("bbox", "bbox"),)
+    for kind, prefix in kinds:
         for name, suffix in (("AP", ""), ("AP50", "_50"), ("AP75", "_75"), ("APs", "_s"), ("APm", "_m"), ("APl", "_l")):
-            key = f"coco/{kind}_mAP{suffix}"
-            if key in raw:
-                out[f"{prefix}_{name}"] = 100 * raw[key]
+            # mmdetection reports nothing when there is no detection at all (an AP of 0), and -1 where
+            # the data has no object of that size (no AP: null)
+            value = raw.get(f"coco/{kind}_mAP{suffix}", 0.0)
+            out[f"{prefix}_{name}"] = 100 * value if value >= 0 else None
     return out
 
 
@@ -106,7 +108,7 @@ def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
         return {"config": str(config_path)}
     raw = train(config_path, out)
     dataset, _ = TASKS[task]
-    metrics = {**_stable_metrics(dataset, raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
+    metrics = {**_stable_metrics(task, dataset, raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
                "data": str(data), "config": str(config_path), "raw": {k: float(v) for k, v in raw.items()},
                "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "wall_time_s": round(time.time() - start, 1)}

@@ -1,0 +1,22 @@
+# Detection: fine-tune mmdetection's detectors from a pretrained backbone (or from random weights).
+
+
+rule detect:
+    input:
+        backbone=lambda wildcards: detection_backbone(wildcards.backbone),
+        data=lambda wildcards: prepared("voc" if wildcards.task.startswith("voc") else "coco"),
+    output:
+        results("detect/{backbone}/{task}-{bn}/metrics.json"),
+    wildcard_constraints:
+        task="voc-faster-rcnn|coco-retinanet|coco-mask-rcnn",
+        bn="train|frozen",
+    params:
+        backbone=lambda wildcards, input: input.backbone or "random",
+        root=lambda wildcards: data_root("voc" if wildcards.task.startswith("voc") else "coco")[0],
+        out=lambda wildcards, output: Path(output[0]).parent,
+        scale=config["detect"]["scale"],
+    log:
+        results("logs/detect/{backbone}/{task}-{bn}.log"),
+    shell:
+        "flatmix detect {wildcards.task} --backbone {params.backbone} --data {params.root} --bn {wildcards.bn}"
+        " --out {params.out} --scale {params.scale} > {log} 2>&1"
