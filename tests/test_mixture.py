@@ -1,6 +1,5 @@
 """The mixtures against hand-computed values of eqs. (3)-(5), and the sampler's distributions."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """Pretraining runs: DDP on two CPU processes, exact resume after SIGKILL and SIGTERM, config checks."""
 
 import json
-import os
 from pathlib import Path
 import signal
 import subprocess

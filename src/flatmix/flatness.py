@@ -4,7 +4,6 @@ descending order and averaged over the images. A flatter curve, with a lower mea
 is the paper's claim for training with mixtures.
 """
 
-import json
 from pathlib import Path
 
 import matplotlib

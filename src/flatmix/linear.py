@@ -7,7 +7,6 @@ ImageNet-1K: lr 30, 100 epochs, x0.1 at 60/80/90); every value can be overridden
 or under torchrun; DIR/last.pth (every epoch) makes a restarted command continue exactly.
 """
 
-import json
 from pathlib import Path
 import time
 

@@ -8,7 +8,6 @@ those files are written by this run itself, so this process lets torch.load unpi
 converted first, through the weights_only loader of flatmix.convert.
 """
 
-import json
 import os
 from pathlib import Path
 import time
