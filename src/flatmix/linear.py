@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from flatmix import atomic
 from flatmix.convert import arch_name, extract_all
-from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, PretrainDataset, \
+from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, AugmentedImages, \
     rgb_to_lab, rgb_to_ycbcr
 from flatmix.data.loading import image_folder
 from flatmix.distributed import Distributed
@@ -107,7 +107,7 @@ def run(backbone, data, out, epochs=None, lr=None, milestones=None, batch_size=2
             raise FlatmixError(f"--data {data}: {data / split} is not a folder of class folders")
     backbones = extract_all(backbone)
     colour = backbones[0].colour
-    train_set = PretrainDataset(data / "train", train_transform(image_size, colour), views=1, seed=seed)
+    train_set = AugmentedImages(data / "train", train_transform(image_size, colour), views=1, seed=seed)
     val_set = image_folder(data / "val", transform=val_transform(image_size, colour))
     classes = len(train_set.images.classes)
     if val_set.classes != train_set.images.classes:

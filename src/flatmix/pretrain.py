@@ -22,7 +22,7 @@ from tqdm import tqdm
 import yaml
 
 from flatmix import atomic
-from flatmix.data.augment import EpochSampler, PretrainDataset, cmc_transform, moco_transform
+from flatmix.data.augment import EpochSampler, AugmentedImages, cmc_transform, moco_transform
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.mixture import GlobalConfig, MixtureSampler, RegionConfig
@@ -185,9 +185,9 @@ def _train(cfg, out, env, force):
 
     size = cfg["data"]["image_size"]
     if cfg["method"] == "moco":
-        dataset = PretrainDataset(root, moco_transform(size, cfg["moco"]["aug"]), 2, cfg["seed"])
+        dataset = AugmentedImages(root, moco_transform(size, cfg["moco"]["aug"]), 2, cfg["seed"])
     else:
-        dataset = PretrainDataset(root, cmc_transform(size, cfg["cmc"]["colour"]), 1, cfg["seed"])
+        dataset = AugmentedImages(root, cmc_transform(size, cfg["cmc"]["colour"]), 1, cfg["seed"])
     sampler = EpochSampler(len(dataset), t["batch_size"], env.rank, env.world, cfg["seed"])
     if sampler.steps_per_epoch() == 0:
         raise FlatmixError(f"{len(dataset)} training images make no batch of train.batch_size {t['batch_size']}")

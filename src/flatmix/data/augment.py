@@ -68,8 +68,9 @@ def cmc_transform(size, colour):
                       T.Lambda(convert), T.Normalize(mean, std)])
 
 
-class PretrainDataset(Dataset):
-    """Training images as (views..., index): two augmented views for MoCo, one colour tensor for CMC."""
+class AugmentedImages(Dataset):
+    """Training images as (views..., index), each view augmented with parameters seeded by (seed, epoch,
+    index): two views for MoCo, one colour tensor for CMC and the linear probe."""
 
     def __init__(self, root, transform, views, seed):
         self.images = image_folder(root)
