@@ -24,6 +24,7 @@ from flatmix.data.loading import image_folder
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.models.resnet import WideResNet
+from flatmix.pretrain import step_lr
 
 PROTOCOLS = {
     "imagenet100": {"lr": 10.0, "epochs": 60, "milestones": [30, 40, 50]},
@@ -158,7 +159,7 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     bar = tqdm(total=cfg["epochs"] * steps, initial=epoch * steps, disable=not env.main, unit="step",
                dynamic_ncols=True, desc="linear")
     while epoch < cfg["epochs"]:
-        lr = cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["milestones"])
+        lr = step_lr(cfg["lr"], epoch, cfg["milestones"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         probe.train()

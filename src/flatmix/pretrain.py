@@ -52,11 +52,16 @@ def _validate(cfg):
             raise FlatmixError(message)
 
 
+def step_lr(base, epoch, milestones):
+    """The step schedule of MoCo, CMC and the linear probe: x0.1 at each milestone reached."""
+    return base * 0.1 ** sum(epoch >= m for m in milestones)
+
+
 def learning_rate(cfg, epoch):
     t = cfg["train"]
     if t["schedule"] == "cosine":
         return t["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / t["epochs"]))
-    return t["lr"] * 0.1 ** sum(epoch >= m for m in t["milestones"])
+    return step_lr(t["lr"], epoch, t["milestones"])
 
 
 def build_model(cfg, n_data):

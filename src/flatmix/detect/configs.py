@@ -18,7 +18,6 @@ from pathlib import Path
 import mmdet
 from mmengine.config import Config
 
-from flatmix.errors import FlatmixError
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / ".mim" / "configs"
 TASKS = {
@@ -73,9 +72,7 @@ def backbone_cfg(mmdet_backbone, init_checkpoint, bn, synced):
 
 
 def build_config(task, data_root, mmdet_backbone, init_checkpoint, bn, scale, synced_bn, batch_per_gpu=2):
-    """The full mmengine Config of one detection run."""
-    if task not in TASKS:
-        raise FlatmixError(f"unknown detection task {task!r}; known: {', '.join(TASKS)}")
+    """The full mmengine Config of one detection run (`task` checked by the caller)."""
     dataset, base = TASKS[task]
     cfg = Config.fromfile(MMDET_CONFIGS / base)
     cfg.model.backbone = backbone_cfg(mmdet_backbone, init_checkpoint, bn, synced_bn)
