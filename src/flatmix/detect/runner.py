@@ -72,9 +72,7 @@ def write_config(task, backbone, data, bn, out, scale):
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cfg = build_config(task, data, mmdet_backbone, init, bn, scale, synced_bn=distributed and torch.cuda.is_available())
     path = out / "config.py"
-    tmp = out / ".config.partial.py"
-    cfg.dump(str(tmp))
-    os.replace(tmp, path)
+    atomic.write_text(path, cfg.pretty_text)  # every rank writes the same text, each under its own temporary name
     return path
 
 
