@@ -19,15 +19,14 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/detect.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     input:
-        imagenet100=prepared("imagenet100"),
-        voc=prepared("voc"),
-        coco=prepared("coco"),
-        converted=[c for run in PRETRAIN_RUNS[config["preset"]] for c in converted(run)],
-        linear=[results(f"linear/{run}/metrics.json") for run in PRETRAIN_RUNS[config["preset"]]],
-        flatness=results("flatness/flatness.png"),
-        detections=detections(),
+        report=rules.report.output,
+        converted=[c for run in PRETRAIN_RUNS for c in converted(run)],
     default_target: True

@@ -136,12 +136,3 @@ def test_loss_falls_over_a_few_epochs(synth_root, tmp_path, preset, sets):
 def test_bad_run_specs(tmp_path, args, fragments):
     assert_one_line_error(run_flatmix("pretrain", *args, "--out", tmp_path / "o"), *fragments)
     assert not (tmp_path / "o" / "checkpoint.pth").exists()
-
-
-def test_every_paper_table_has_presets():
-    from flatmix.presets import PRESETS, paper_runs
-    tables = paper_runs()
-    assert [len(tables[t]) for t in ("table1", "table2", "table3")] == [6, 6, 11]
-    names = {name for runs in tables.values() for name, _ in runs}
-    assert names <= set(PRESETS)
-    assert "in100-moco-e800-k16384" in names and "in1k-moco-resnet50w2-e200-k65536" in names

@@ -5,6 +5,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+import html5lib
 import pytest
 import torch
 import yaml
@@ -61,6 +62,27 @@ def test_real_roots_replace_synthesis(tmp_path):
         assert root in result.stdout
 
 
+def test_paper_preset_plans_every_table(tmp_path):
+    """`preset: paper` with real-shaped roots: every pretraining run, a probe for each, the detections,
+    one report."""
+    imagenet, voc, coco = tmp_path / "imagenet", tmp_path / "VOCdevkit", tmp_path / "coco"
+    for folder in (imagenet / "train", imagenet / "val", voc / "VOC2007", voc / "VOC2012", coco / "train2017"):
+        folder.mkdir(parents=True)
+    outside = tmp_path / "supervised.pth"
+    outside.write_bytes(b"")
+    config = _config_with(tmp_path, **{"preset": "paper", "data.imagenet": str(imagenet), "data.voc": str(voc),
+                                      "data.coco": str(coco), "transfer.checkpoints": {"supervised": str(outside)}})
+    result = snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    counts = {line.split()[0]: int(line.split()[1]) for line in (result.stdout + result.stderr).splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["pretrain"] >= 45
+    assert counts["linear"] == counts["pretrain"]
+    assert counts["detect"] >= 12 + 4  # and the outside checkpoint's four
+    assert counts["report"] == 1 and counts["prepare_imagenet"] == 2  # ImageNet-100 and ImageNet-1K
+    assert "synth" not in counts
+
+
 @pytest.mark.slow
 def test_smoke_dag_end_to_end(tmp_path):
     result = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), cwd=tmp_path)
@@ -89,3 +111,19 @@ def test_smoke_dag_end_to_end(tmp_path):
         assert all(0 <= metrics[k] <= 100 for k in keys), metrics
     again = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # the report: the paper's numbers beside the smoke results, both figures, valid HTML5
+    report = tmp_path / "results" / "report"
+    markdown = (report / "report.md").read_text()
+    for number in ("79.8", "80.0", "76.8", "60.8", "76.4", "33.7"):
+        assert f"({number}" in markdown, number
+    assert "Smoke preset" in markdown and " smoke](#prov-linear-smoke-moco)" in markdown
+    for png in (report / "figure4.png", tmp_path / "results" / "flatness" / "flatness.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (report / "report.html").read_text()
+    html5lib.HTMLParser(strict=True).parse(html)
+    assert html.count('src="data:image/png;base64,') == 2
+    # Snakemake's own report, with the figures and tables as report items
+    own = snakemake("--report", str(tmp_path / "snakemake-report.html"), cwd=tmp_path)
+    assert own.returncode == 0, own.stderr[-2000:]
+    assert "figure4.png" in (tmp_path / "snakemake-report.html").read_text()

@@ -20,9 +20,10 @@ def _synth(args):
 
 
 def _prepare(args):
-    if args.dataset == "imagenet100":
+    if args.dataset.startswith("imagenet"):
         from flatmix.data.imagenet100 import prepare
-        manifest = prepare(args.imagenet_root, args.out, args.class_list)
+        manifest = prepare(args.imagenet_root, args.out, getattr(args, "class_list", None),
+                           every_class=args.dataset == "imagenet1k")
     else:
         if args.dataset == "voc":
             from flatmix.data.voc import check
@@ -41,8 +42,8 @@ def _pretrain(args):
     if args.list_presets:
         print("\n".join(PRESETS))
         return
-    if args.preset is None and args.config is None:
-        raise FlatmixError("pretrain needs --preset NAME, --config FILE or both (--list-presets shows the names)")
+    if args.preset is None and args.config is None and not args.set:
+        raise FlatmixError("pretrain needs --preset NAME, --config FILE or --set KEY=VALUE (--list-presets shows the names)")
     if args.out is None:
         raise FlatmixError("pretrain needs --out DIR")
     cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set)
@@ -77,6 +78,19 @@ def _detect(args):
     from flatmix.detect.runner import run
     print(json.dumps(run(args.task, args.backbone, args.data, args.bn, args.out, scale=args.scale,
                          dry_run=args.dry_run)))
+
+
+def _plan(args):
+    from flatmix.plan import Plan
+    from flatmix.report import load_config
+    rates = {k: v for k, v in vars(args).items() if k.endswith(("_per_s", "_per_iter")) and v is not None}
+    plan = Plan(load_config(args.config), args.preset, rates)
+    print("\n".join(plan.commands()) if args.commands else plan.text())
+
+
+def _report(args):
+    from flatmix.report import run
+    print(json.dumps(run(args.config, args.results, args.out)))
 
 
 def _int_list(text):
@@ -153,6 +167,24 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="write config.py only")
     p.set_defaults(run=_detect)
 
+    p = commands.add_parser("plan", help="the runs, images and GPU-hours a preset will cost, per table")
+    p.add_argument("--preset", help="default: the config's preset")
+    p.add_argument("--config", default="config.yaml", help="the workflow config (default: %(default)s)")
+    p.add_argument("--commands", action="store_true", help="print each pretraining run's flatmix command instead")
+    for flag, help_text in (("--moco-pairs-per-s", "MoCo pretraining pairs/s per GPU"),
+                            ("--cmc-pairs-per-s", "CMC pretraining pairs/s per GPU"),
+                            ("--probe-images-per-s", "linear probe images/s per GPU"),
+                            ("--faster-rcnn-s-per-iter", "Faster R-CNN/RetinaNet s per 2-image iteration"),
+                            ("--mask-rcnn-s-per-iter", "Mask R-CNN s per 2-image iteration")):
+        p.add_argument(flag, type=float, help=help_text + " (default: the measured figure)")
+    p.set_defaults(run=_plan)
+
+    p = commands.add_parser("report", help="Markdown + HTML report: every table beside the paper, figures, provenance")
+    p.add_argument("--config", default="config.yaml", help="the workflow config (default: %(default)s)")
+    p.add_argument("--results", default="results", help="the DAG's results folder (default: %(default)s)")
+    p.add_argument("--out", default="results/report", help="output folder (default: %(default)s)")
+    p.set_defaults(run=_report)
+
     p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     b = benches.add_parser("pretrain", help="pretraining step pairs/s, with and without the mixtures")
@@ -173,6 +205,9 @@ def build_parser():
     d.add_argument("--imagenet-root", required=True)
     d.add_argument("--out", required=True)
     d.add_argument("--class-list", help="a file of wnids (default: the paper's ImageNet-100 list)")
+    d = datasets.add_parser("imagenet1k", help="every ImageNet class (symlinks), for Table 6 and the transfer runs")
+    d.add_argument("--imagenet-root", required=True)
+    d.add_argument("--out", required=True)
     d = datasets.add_parser("voc", help="check a VOCdevkit (VOC2007 trainval/test, VOC2012 trainval)")
     d.add_argument("--root", required=True, help="the VOCdevkit folder")
     d.add_argument("--out", default="prepared/voc", help="folder for manifest.json (default: %(default)s)")

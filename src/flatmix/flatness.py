@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from flatmix import atomic
+from flatmix import atomic, provenance
 from flatmix.convert import extract_all
 from flatmix.data.loading import image_folder
 from flatmix.errors import FlatmixError
@@ -80,5 +80,6 @@ def run(named_checkpoints, data, out, image_size=224, batch_size=256, workers=8)
         models[name] = measure(checkpoint, data, image_size, batch_size, workers, device)
     out = Path(out)
     plot(models, out / "flatness.png")
-    atomic.write_json(out / "flatness.json", {"data": str(data), "image_size": image_size, "models": models})
+    atomic.write_json(out / "flatness.json", {"data": str(data), "image_size": image_size, "models": models,
+                                              "provenance": provenance.collect()})
     return {name: m["max_probability"] for name, m in models.items()}

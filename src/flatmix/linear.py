@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from flatmix import atomic
+from flatmix import atomic, provenance
 from flatmix.convert import arch_name, extract_all
 from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, AugmentedImages, \
     rgb_to_lab, rgb_to_ycbcr
@@ -187,7 +187,8 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     metrics = {"top1": top1, "top5": top5, **cfg, "classes": classes, "train_images": len(train_set),
                "val_images": len(val_set), "source_format": b.source_format, "method": b.method,
                "colour": b.colour, "arch": arch_name(b.arch), "feature_dim": probe.feature_dim,
-               "processes": env.world, "device": str(env.device), "wall_time_s": round(time.time() - start_time, 1)}
+               "processes": env.world, "device": str(env.device), "wall_time_s": round(time.time() - start_time, 1),
+               "provenance": provenance.collect()}
     if env.main:
         atomic.write_json(out / "metrics.json", metrics)
         with atomic.atomic_path(out / "linear.pth") as tmp:

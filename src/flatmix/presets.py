@@ -1,17 +1,13 @@
-"""Pretraining presets: the defaults of a run and every pretraining run of the paper, by name.
+"""Pretraining run specs: the defaults of a run, how the paper's runs are specified and named, and the
+smoke runs.
 
 A name says what the run is: data set, method, mixtures, epochs, negatives. For example
 `in100-moco-g4p0.5-e400-k16384` is MoCo on ImageNet-100 with a global mixture of 4 images fired with
 probability 0.5, 400 epochs, K = 16384; `-r5p0.5d0.2` is a region mixture of 5 images with context
-decay 0.2. Tables that need the same run share it by name.
+decay 0.2. Tables that need the same run share it by name (flatmix.experiments builds them from config).
 
-Where the paper is silent, the choices (stated in the README) are:
-- MoCo mixtures fire with p = 0.5 at both levels (the paper: "0.5 or higher values can perform better"
-  for MoCo); CMC's global p = 0.1 and region p = 0.1 (Table 4's best and its fixed region p).
-- Table 2 varies the region count without decay (decay 1.0), Table 3 varies the decay with 2 images.
-- Table 5's "+Global" is Table 1's best (n = 4), "+Region" Table 2-3's best (n = 5, decay 0.2).
-- The step schedule x0.1 at 120/160/200 of 240 epochs is scaled to the epoch budget for both methods.
-- bf16 autocast and channels_last (the authors trained in fp32).
+The step schedule x0.1 at 120/160/200 of 240 epochs (ImageNet-100) and at 120/160 of 200 (ImageNet-1K)
+is scaled to the epoch budget; runs train in bf16 autocast with channels_last (the authors: fp32).
 """
 
 DEFAULTS = {
@@ -48,82 +44,54 @@ DEFAULTS = {
     },
 }
 
-_MOCO_P, _CMC_P = 0.5, 0.1
 # The paper's runs train in bf16 autocast with channels_last (about 2x the fp32 throughput on an H100);
 # `--set train.precision=fp32` gives the authors' fp32.
 _GPU = {"precision": "bf16", "channels_last": True}
 
 
-def _global(n, p):
-    return {"global": {"n": n, "p": p}}
+def mixture(global_n=1, global_p=0.0, region_n=1, region_p=0.0, decay=1.0):
+    """The `mixture` section of a run; a level with n = 1 is off and left out."""
+    mix = {}
+    if global_n > 1:
+        mix["global"] = {"n": global_n, "p": global_p}
+    if region_n > 1:
+        mix["region"] = {"n": region_n, "p": region_p, "decay": decay}
+    return mix
 
 
-def _region(n, p, decay):
-    return {"region": {"n": n, "p": p, "decay": decay}}
-
-
-def _tag(mixture):
+def _tag(mix):
     tag = ""
-    if "global" in mixture:
-        tag += f"-g{mixture['global']['n']}p{mixture['global']['p']}"
-    if "region" in mixture:
-        r = mixture["region"]
+    if "global" in mix:
+        tag += f"-g{mix['global']['n']}p{mix['global']['p']}"
+    if "region" in mix:
+        r = mix["region"]
         tag += f"-r{r['n']}p{r['p']}d{r['decay']}"
     return tag
 
 
-def _in100(method, epochs, mixture=None, K=16384):
-    mixture = mixture or {}
+def in100_run(method, epochs, mix, K, batch_size):
+    """(name, spec) of an ImageNet-100 run: MoCo on ResNet-50, or CMC on two ResNet-50-half (YCbCr)."""
     milestones = [round(e * epochs / 240) for e in (120, 160, 200)]
-    run = {"method": method, "train": {"epochs": epochs, "batch_size": 128, "milestones": milestones, **_GPU}}
+    run = {"method": method, "train": {"epochs": epochs, "batch_size": batch_size, "milestones": milestones, **_GPU}}
     if method == "moco":
         run["model"] = {"arch": "resnet50"}
         run["moco"] = {"K": K, "m": 0.99}
     else:
         run["model"] = {"arch": "resnet50half"}
         run["cmc"] = {"K": K, "colour": "YCbCr"}
-    if mixture:
-        run["mixture"] = mixture
-    return f"in100-{method}{_tag(mixture)}-e{epochs}-k{K}", run
+    if mix:
+        run["mixture"] = mix
+    return f"in100-{method}{_tag(mix)}-e{epochs}-k{K}", run
 
 
-def _in1k(arch, mixture=None, K=65536):
-    mixture = mixture or {}
+def in1k_run(arch, epochs, mix, K, batch_size):
+    """(name, spec) of an ImageNet-1K MoCo run (momentum 0.999, x0.1 at 120 and 160 of 200 epochs)."""
+    milestones = [round(e * epochs / 200) for e in (120, 160)]
     run = {"method": "moco", "model": {"arch": arch}, "moco": {"K": K, "m": 0.999},
-           "train": {"epochs": 200, "batch_size": 256, "milestones": [120, 160], **_GPU}}
-    if mixture:
-        run["mixture"] = mixture
-    return f"in1k-moco-{arch}{_tag(mixture)}-e200-k{K}", run
-
-
-def _ours(method):
-    """The full method of Table 5: global + region mixtures, each at its best setting."""
-    if method == "moco":
-        return {**_global(4, _MOCO_P), **_region(5, _MOCO_P, 0.2)}
-    return {**_global(2, _CMC_P), **_region(5, _CMC_P, 0.2)}
-
-
-def paper_runs():
-    """{table: [(name, run)]} for every pretraining run of Tables 1-6 and Figure 4."""
-    tables = {
-        "table1": [_in100("moco", 400, _global(n, _MOCO_P)) for n in range(2, 8)],
-        "table2": [_in100("moco", 400, _region(n, _MOCO_P, 1.0)) for n in range(2, 8)],
-        "table3": [_in100("moco", 400, _region(2, _MOCO_P, d))
-                   for d in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)],
-        "table4": [_in100("cmc", 800)]
-        + [_in100("cmc", 800, _global(2, p)) for p in (0.1, 0.2, 0.3, 0.4)]
-        + [_in100("cmc", 800, {**_global(2, p), **_region(2, 0.1, 1.0)}) for p in (0.1, 0.2, 0.3, 0.4)],
-        "table5": [_in100("moco", 240), _in100("moco", 800),
-                   _in100("moco", 800, _global(4, _MOCO_P)), _in100("moco", 800, _region(5, _MOCO_P, 0.2)),
-                   _in100("moco", 800, _ours("moco")),
-                   _in100("cmc", 240, K=4096), _in100("cmc", 800),
-                   _in100("cmc", 800, _global(2, _CMC_P)), _in100("cmc", 800, _region(5, _CMC_P, 0.2)),
-                   _in100("cmc", 800, _ours("cmc"))],
-        "figure4": [_in100(m, e, mix) for m in ("moco", "cmc") for e in (240, 400, 600, 800)
-                    for mix in (None, _ours(m))],
-        "table6": [_in1k(arch, mix) for arch in ("resnet50", "resnet50w2") for mix in (None, _ours("moco"))],
-    }
-    return tables
+           "train": {"epochs": epochs, "batch_size": batch_size, "milestones": milestones, **_GPU}}
+    if mix:
+        run["mixture"] = mix
+    return f"in1k-moco-{arch}{_tag(mix)}-e{epochs}-k{K}", run
 
 
 def _smoke(method, mixed):
@@ -136,15 +104,14 @@ def _smoke(method, mixed):
         run["moco"] = {"K": 64, "m": 0.99}
     else:
         run["cmc"] = {"K": 32}
-    if mixed:
-        run["mixture"] = _ours(method)
-        if method == "moco":  # fire often enough to matter within a few steps
-            run["mixture"]["global"]["p"] = run["mixture"]["region"]["p"] = 0.5
+    if mixed:  # both levels, firing often enough to matter within a few steps
+        run["mixture"] = mixture(global_n=4, global_p=0.5, region_n=5, region_p=0.5, decay=0.2)
     return run
 
 
-PRESETS = {name: run for table in paper_runs().values() for name, run in table}
-PRESETS.update({
+# Named runs for `flatmix pretrain --preset`: the smoke runs. The paper's runs are built from the
+# workflow config (flatmix.experiments); `flatmix plan --commands` prints their command lines.
+PRESETS = {
     "smoke-moco": _smoke("moco", False), "smoke-moco-mix": _smoke("moco", True),
     "smoke-cmc": _smoke("cmc", False), "smoke-cmc-mix": _smoke("cmc", True),
-})
+}

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 import yaml
 
-from flatmix import atomic
+from flatmix import atomic, provenance
 from flatmix.data.augment import EpochSampler, AugmentedImages, cmc_transform, moco_transform
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
@@ -205,11 +205,13 @@ def _train(cfg, out, env, force):
     torch.manual_seed(cfg["seed"] + env.rank)  # then each rank its own stream (shuffles, negatives)
     np.random.seed(cfg["seed"] + env.rank)
     random.seed(cfg["seed"] + env.rank)
-    epoch, start_step = 0, 0
+    epoch, start_step, earlier_s = 0, 0, 0.0
+    started = time.time()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, start_step = state["epoch"], state["step"]
+        earlier_s = state.get("wall_time_s", 0.0)  # time spent before pre-emptions
         if len(state["rng"]) == env.world:
             _set_rng_state(state["rng"][env.rank], mixer)
         elif env.main:
@@ -227,7 +229,8 @@ def _train(cfg, out, env, force):
         if env.main:
             with atomic.atomic_path(last) as tmp:
                 torch.save({"config": cfg, "epoch": epoch, "step": step, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "rng": rng}, tmp)
+                            "optimizer": optimizer.state_dict(), "rng": rng,
+                            "wall_time_s": earlier_s + time.time() - started}, tmp)
         env.barrier()
 
     loss_value = float("nan")
@@ -266,8 +269,10 @@ def _train(cfg, out, env, force):
                 bar.close()
                 raise SystemExit(PREEMPTED_EXIT)
     bar.close()
-    result = {"epochs": t["epochs"], "final_loss": loss_value}
+    result = {"epochs": t["epochs"], "final_loss": loss_value, "processes": env.world, "device": str(env.device),
+              "wall_time_s": round(earlier_s + time.time() - started, 1)}
     if env.main:
+        atomic.write_json(out / "summary.json", {**result, "provenance": provenance.collect()})
         with atomic.atomic_path(out / "checkpoint.pth") as tmp:
             torch.save({"format": CHECKPOINT_FORMAT, "method": cfg["method"], "arch": cfg["model"]["arch"],
                         "config": cfg, "state_dict": model.state_dict()}, tmp)

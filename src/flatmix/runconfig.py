@@ -5,6 +5,8 @@ must exist in DEFAULTS and keep its type, and a wrong key is refused with the ne
 """
 
 import difflib
+import json
+import shlex
 
 import yaml
 
@@ -31,6 +33,11 @@ def unflatten(flat):
             node = node.setdefault(p, {})
         node[leaf] = value
     return tree
+
+
+def set_flags(spec):
+    """A (partial) run spec as `--set key=value` arguments; values in JSON, which `resolve` reads back."""
+    return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in flatten(spec).items())
 
 
 def nearest(name, names):

@@ -1,9 +1,25 @@
-# Shared helpers: where outputs go, and which data roots the rules read (real or synthetic).
+# Shared helpers: where outputs go, which data roots the rules read (real or synthetic), and which runs,
+# probes and detections the chosen preset makes (flatmix.experiments, shared with `flatmix plan` and
+# `flatmix report`).
+import json
 from pathlib import Path
+import re
 import sys
+
+from flatmix.errors import FlatmixError
+from flatmix.experiments import Experiments
+from flatmix.runconfig import set_flags
 
 RESULTS = config["results"]
 SYNTH = f"{RESULTS}/data/synth"
+SMOKE = config["preset"] == "smoke"
+
+try:
+    EXPERIMENTS = Experiments(config)
+except FlatmixError as e:
+    sys.exit(f"flatmix: error: {e}")
+PRETRAIN_RUNS = EXPERIMENTS.pretrain_runs()
+OUTSIDE = EXPERIMENTS.outside
 
 # The rules call `flatmix`: take the one installed beside this snakemake, even when .venv is not
 # activated (inside a container that folder does not exist and the image's own `flatmix` is found).
@@ -11,6 +27,11 @@ shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PA
 
 
 container: config["container"]["image"]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def results(path):
@@ -35,32 +56,40 @@ def data_root(key):
     return f"{SYNTH}/{sub}", [synth_marker()]
 
 
-# The pretraining runs each preset makes (preset names of `flatmix pretrain`).
-PRETRAIN_RUNS = {
-    "smoke": ["smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"],
-}
-
-
 def pretrained(run):
     return results(f"pretrain/{run}/checkpoint.pth")
 
-# Figure 5's curves: {label: run} per preset.
-FLATNESS_RUNS = {
-    "smoke": {"MoCo": "smoke-moco", "MoCo + mixtures": "smoke-moco-mix"},
-}
+
+def gpus(run):
+    """GPUs (torchrun processes) per pretraining run: from config per data set; smoke runs take one."""
+    if SMOKE:
+        return 1
+    return config["experiments"][EXPERIMENTS.dataset_of(run)]["gpus"]
+
+
+def launcher(processes):
+    """`flatmix`, or flatmix under torchrun with one process per GPU."""
+    if processes == 1:
+        return "flatmix"
+    return f"torchrun --standalone --nproc_per_node={processes} -m flatmix"
+
+
+def backbone_checkpoint(name):
+    """A pretraining run's checkpoint, or the file of an outside checkpoint (transfer.checkpoints)."""
+    return OUTSIDE[name] if name in OUTSIDE else pretrained(name)
 
 
 def converted(run):
     """The conversions a run gets: MoCo's backbone for each target, CMC's two halves for torchvision
     (mmdetection and detectron2 take RGB input)."""
-    if "-cmc" in run:
+    if PRETRAIN_RUNS[run]["method"] == "cmc":
         return [results(f"convert/{run}/{part}-torchvision.pth") for part in ("l", "ab")]
     return [results(f"convert/{run}/backbone-{t}") for t in ("torchvision.pth", "mmdet.pth", "detectron2.pkl")]
 
 
 def linear_options():
-    """`flatmix linear` flags from config.yaml's `linear` section (null: the protocol's value)."""
-    c = config["linear"]
+    """`flatmix linear` flags from config (null: the protocol's value); the smoke preset has its own."""
+    c = config["smoke"]["linear"] if SMOKE else config["linear"]
     flags = [f"--batch-size {c['batch_size']}", f"--image-size {c['image_size']}", f"--workers {c['workers']}"]
     if c["epochs"] is not None:
         flags.append(f"--epochs {c['epochs']}")
@@ -70,20 +99,19 @@ def linear_options():
         flags.append("--milestones " + ",".join(str(m) for m in c["milestones"]))
     return " ".join(flags)
 
-# The paper's four detection settings (Tables 7-8): (task, bn).
-DETECTION_SETTINGS = [("voc-faster-rcnn", "train"), ("voc-faster-rcnn", "frozen"),
-                      ("coco-retinanet", "frozen"), ("coco-mask-rcnn", "frozen")]
-# The backbones each preset benchmarks on them (pretraining runs, or "random").
-DETECTION_BACKBONES = {
-    "smoke": ["smoke-moco-mix"],
-}
-
 
 def detection_backbone(backbone):
-    """The mmdetection conversion of a pretraining run; nothing for random initialisation."""
+    """The mmdetection conversion of a backbone; nothing for random initialisation."""
     return [] if backbone == "random" else results(f"convert/{backbone}/backbone-mmdet.pth")
 
 
 def detections():
-    return [results(f"detect/{b}/{task}-{bn}/metrics.json")
-            for b in DETECTION_BACKBONES[config["preset"]] for task, bn in DETECTION_SETTINGS]
+    return [results(f"detect/{b}/{task}-{bn}/metrics.json") for b, task, bn in EXPERIMENTS.detections()]
+
+
+def linear_results():
+    return [results(f"linear/{run}/metrics.json") for run in PRETRAIN_RUNS]
+
+
+def flatness_outputs():
+    return [results("flatness/flatness.png")] if EXPERIMENTS.makes_flatness() else []

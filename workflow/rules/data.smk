@@ -15,19 +15,22 @@ rule synth:
         " --voc-images {params.synth[voc_images]} --coco-images {params.synth[coco_images]} 2> {log}"
 
 
-rule prepare_imagenet100:
+rule prepare_imagenet:
     input:
         data_root("imagenet")[1],
     output:
-        prepared("imagenet100"),
+        prepared("{subset}"),
+    wildcard_constraints:
+        subset="imagenet100|imagenet1k",
     params:
         root=data_root("imagenet")[0],
         out=lambda wildcards, output: Path(output[0]).parent,
-        class_list=f"--class-list {config['data']['class_list']}" if config["data"]["class_list"] else "",
+        class_list=lambda wildcards: f"--class-list {config['data']['class_list']}"
+        if config["data"]["class_list"] and wildcards.subset == "imagenet100" else "",
     log:
-        results("logs/prepare_imagenet100.log"),
+        results("logs/prepare_{subset}.log"),
     shell:
-        "flatmix prepare imagenet100 --imagenet-root {params.root} --out {params.out}"
+        "flatmix prepare {wildcards.subset} --imagenet-root {params.root} --out {params.out}"
         " {params.class_list} 2> {log}"
 
 

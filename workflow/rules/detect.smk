@@ -14,7 +14,7 @@ rule detect:
         backbone=lambda wildcards, input: input.backbone or "random",
         root=lambda wildcards: data_root("voc" if wildcards.task.startswith("voc") else "coco")[0],
         out=lambda wildcards, output: Path(output[0]).parent,
-        scale=config["detect"]["scale"],
+        scale="smoke" if SMOKE else "paper",
     log:
         results("logs/detect/{backbone}/{task}-{bn}.log"),
     shell:

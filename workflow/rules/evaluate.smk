@@ -3,10 +3,11 @@
 
 rule convert:
     input:
-        lambda wildcards: pretrained(wildcards.run),
+        lambda wildcards: backbone_checkpoint(wildcards.run),
     output:
         results("convert/{run}/{part}-{target}"),
     wildcard_constraints:
+        run=one_of([*PRETRAIN_RUNS, *OUTSIDE]),
         part="backbone|l|ab",
         target=r"torchvision\.pth|mmdet\.pth|detectron2\.pkl",
     params:
@@ -21,9 +22,11 @@ rule convert:
 rule linear:
     input:
         checkpoint=lambda wildcards: pretrained(wildcards.run),
-        data=prepared("imagenet100"),
+        data=lambda wildcards: prepared(EXPERIMENTS.dataset_of(wildcards.run)),
     output:
         results("linear/{run}/metrics.json"),
+    wildcard_constraints:
+        run=one_of(PRETRAIN_RUNS),
     params:
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
@@ -37,19 +40,18 @@ rule linear:
 
 rule flatness:
     input:
-        checkpoints=[pretrained(run) for run in FLATNESS_RUNS[config["preset"]].values()],
+        checkpoints=[pretrained(run) for run in EXPERIMENTS.flatness.values()],
         data=prepared("imagenet100"),
     output:
-        png=results("flatness/flatness.png"),
+        png=report(results("flatness/flatness.png"), caption="../report/figure5.rst", category="Figures"),
         json=results("flatness/flatness.json"),
     params:
         backbones=" ".join(
-            f"--backbone '{name}={pretrained(run)}'"
-            for name, run in FLATNESS_RUNS[config["preset"]].items()
+            f"--backbone '{name}={pretrained(run)}'" for name, run in EXPERIMENTS.flatness.items()
         ),
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output.png).parent,
-        image_size=config["flatness"]["image_size"],
+        image_size=(config["smoke"]["flatness"] if SMOKE else config["flatness"])["image_size"],
     log:
         results("logs/flatness.log"),
     shell:

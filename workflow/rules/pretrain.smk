@@ -1,16 +1,21 @@
-# Pretraining: one run per named preset (see `flatmix pretrain --list-presets`), on the prepared
-# ImageNet-100. A restarted job resumes from the run's last.pth.
+# Pretraining: one run per name of the preset (flatmix.experiments builds each from config), on the
+# prepared ImageNet-100 or ImageNet-1K. Several GPUs: torchrun in the job. A restarted job resumes from
+# the run's last.pth.
 
 
 rule pretrain:
     input:
-        prepared("imagenet100"),
+        lambda wildcards: prepared(EXPERIMENTS.dataset_of(wildcards.run)),
     output:
         results("pretrain/{run}/checkpoint.pth"),
     params:
+        launcher=lambda wildcards: launcher(gpus(wildcards.run)),
+        settings=lambda wildcards: set_flags(PRETRAIN_RUNS[wildcards.run]),
         data=lambda wildcards, input: Path(input[0]).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
+    wildcard_constraints:
+        run=one_of(PRETRAIN_RUNS),
     log:
         results("logs/pretrain/{run}.log"),
     shell:
-        "flatmix pretrain --preset {wildcards.run} --set data.root={params.data} --out {params.out} 2> {log}"
+        "{params.launcher} pretrain {params.settings} --set data.root={params.data} --out {params.out} 2> {log}"

@@ -100,14 +100,22 @@ def _collect(train, val, solutions, wnids):
     return found, "folders" if val_images is None else "flat"
 
 
-def prepare(imagenet_root, out, class_list=None):
-    """Build O/train/<wnid>, O/val/<wnid> (symlinks) and O/manifest.json; returns the manifest."""
-    wnids = read_class_list(class_list)
+def prepare(imagenet_root, out, class_list=None, every_class=False):
+    """Build O/train/<wnid>, O/val/<wnid> (symlinks) and O/manifest.json; returns the manifest.
+
+    The classes are the class list's (default: ImageNet-100), or with `every_class` all of train/ (ImageNet-1K).
+    """
     source = Path(imagenet_root).resolve()
     out = Path(out).resolve()
     if out == source or source in out.parents:
         raise FlatmixError(f"--out {out} is inside the ImageNet root {source}; choose a folder outside it")
     train, val, solutions = _locate(source)
+    if every_class:
+        wnids = sorted(p.name for p in train.iterdir() if WNID.match(p.name) and p.is_dir())
+        if not wnids:
+            raise FlatmixError(f"ImageNet root {source}: {train} holds no class folders")
+    else:
+        wnids = read_class_list(class_list)
     found, val_layout = _collect(train, val, solutions, wnids)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from flatmix import atomic
+from flatmix import atomic, provenance
 from flatmix.convert import convert
 from flatmix.detect.configs import TASKS, build_config
 from flatmix.errors import FlatmixError
@@ -108,7 +108,7 @@ def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
     metrics = {**_stable_metrics(task, dataset, raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
                "data": str(data), "config": str(config_path), "raw": {k: float(v) for k, v in raw.items()},
                "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if torch.cuda.is_available() else "cpu",
-               "wall_time_s": round(time.time() - start, 1)}
+               "wall_time_s": round(time.time() - start, 1), "provenance": provenance.collect()}
     if not dist.is_initialized() or dist.get_rank() == 0:
         atomic.write_json(Path(out) / "metrics.json", metrics)
-    return {k: v for k, v in metrics.items() if k != "raw"}
+    return {k: v for k, v in metrics.items() if k not in ("raw", "provenance")}

@@ -1,0 +1,121 @@
+"""The cost of a preset before running it: per table, the pretraining runs, the images they process and
+the GPU-hours of pretraining, linear probes and detection fine-tuning, and the total with every shared
+run counted once.
+
+GPU-hours follow from per-GPU rates measured on an NVIDIA H100 (DESIGN.md; bf16 + channels_last,
+mixtures on, data already on the GPU: the loader must keep up, see `flatmix bench pretrain`) and, for
+detection, mmdetection's model-zoo times on V100s. Every rate is a flag; the data set sizes are the real
+ones (flatmix.paper), or the embedded set's for the smoke preset.
+"""
+
+from flatmix import paper
+from flatmix.experiments import DETECTION_TABLES, Experiments
+from flatmix.linear import PROTOCOLS
+from flatmix.runconfig import set_flags
+
+RATES = {
+    "moco_pairs_per_s": 2633.0,    # MoCo v1 R50, batch 256, K 65536, global + region mixtures
+    "cmc_pairs_per_s": 2096.0,     # CMC, two R50-half, K 16384, batch 128
+    "probe_images_per_s": 12720.0,  # frozen R50 forward + linear layer
+    "faster_rcnn_s_per_iter": 0.216,  # R50-FPN, 2 images per GPU (also used for RetinaNet)
+    "mask_rcnn_s_per_iter": 0.265,
+}
+# Compute of an encoder relative to ResNet-50 (FLOPs): R50 w2x has every stage twice as wide.
+ARCH_COST = {"resnet50": 1.0, "resnet50w2": 3.9, "resnet50half": 1.0}
+DETECTION_EPOCHS = 12
+
+
+def _sizes(config, preset):
+    if preset == "smoke":
+        s = config["synth"]
+        return {"imagenet100": (100 * s["train_per_class"], 100 * s["val_per_class"]),
+                "voc": 2 * s["voc_images"], "coco": s["coco_images"]}
+    return {"imagenet100": (paper.IMAGENET100_TRAIN, paper.IMAGENET100_VAL),
+            "imagenet1k": (paper.IMAGENET1K_TRAIN, paper.IMAGENET1K_VAL),
+            "voc": paper.VOC0712_TRAINVAL, "coco": paper.COCO_TRAIN2017}
+
+
+class Plan:
+    def __init__(self, config, preset=None, rates=None):
+        self.experiments = Experiments(config, preset)
+        self.config = config
+        self.rates = {**RATES, **(rates or {})}
+        self.sizes = _sizes(config, self.experiments.preset)
+
+    def pretrain_cost(self, run, spec):
+        """(images processed, GPU-hours) of one pretraining run."""
+        dataset = self.experiments.dataset_of(run)
+        images = spec["train"]["epochs"] * self.sizes[dataset][0]
+        rate = self.rates["cmc_pairs_per_s" if spec["method"] == "cmc" else "moco_pairs_per_s"]
+        return images, images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / rate / 3600
+
+    def probe_cost(self, run, spec):
+        dataset = self.experiments.dataset_of(run)
+        epochs = self.config["linear"]["epochs"] or PROTOCOLS[dataset]["epochs"]
+        if self.experiments.preset == "smoke":
+            epochs = self.config["smoke"]["linear"]["epochs"]
+        train, val = self.sizes[dataset]
+        images = epochs * train + val
+        return images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / self.rates["probe_images_per_s"] / 3600
+
+    def detection_cost(self, task):
+        images = DETECTION_EPOCHS * self.sizes["voc" if task.startswith("voc") else "coco"]
+        s_per_iter = self.rates["mask_rcnn_s_per_iter" if task == "coco-mask-rcnn" else "faster_rcnn_s_per_iter"]
+        return images, images / 2 * s_per_iter / 3600
+
+    def rows(self):
+        """One row per part of the preset (and the total): runs, new runs, images, GPU-hours."""
+        e = self.experiments
+        runs = e.pretrain_runs()
+        parts = e.parts() or ("smoke",)
+        counted_runs, counted_detections, rows = set(), set(), []
+        total = {"part": "total", "runs": 0, "new_runs": 0, "pretrain_images": 0, "pretrain_gpu_h": 0.0,
+                 "probe_gpu_h": 0.0, "detections": 0, "detect_gpu_h": 0.0}
+        for part in parts:
+            if part == "smoke":
+                part_runs, part_detections = list(runs), e.detections()
+            else:
+                part_runs = [r for r in runs if r in e.part_runs(part)]
+                part_detections = [d for d in e.detections() if d in e.part_detections(part)]
+            row = {"part": part, "runs": len(part_runs), "new_runs": 0, "pretrain_images": 0, "pretrain_gpu_h": 0.0,
+                   "probe_gpu_h": 0.0, "detections": len(part_detections), "detect_gpu_h": 0.0}
+            for run in part_runs:
+                if run in counted_runs:
+                    continue
+                counted_runs.add(run)
+                images, hours = self.pretrain_cost(run, runs[run])
+                row["new_runs"] += 1
+                row["pretrain_images"] += images
+                row["pretrain_gpu_h"] += hours
+                row["probe_gpu_h"] += self.probe_cost(run, runs[run])
+            for detection in part_detections:
+                if detection not in counted_detections:
+                    counted_detections.add(detection)
+                    row["detect_gpu_h"] += self.detection_cost(detection[1])[1]
+            row["gpu_h"] = row["pretrain_gpu_h"] + row["probe_gpu_h"] + row["detect_gpu_h"]
+            rows.append(row)
+            for key in total:
+                if key != "part":
+                    total[key] += row[key if key != "runs" else "new_runs"]
+        total["detections"] = len(counted_detections)
+        total["gpu_h"] = total["pretrain_gpu_h"] + total["probe_gpu_h"] + total["detect_gpu_h"]
+        return rows + [total]
+
+    def text(self):
+        r = self.rates
+        lines = [f"preset {self.experiments.preset}: GPU-hours at {r['moco_pairs_per_s']:g} MoCo pairs/s, "
+                 f"{r['cmc_pairs_per_s']:g} CMC pairs/s, {r['probe_images_per_s']:g} probe images/s per GPU "
+                 f"(H100, bf16); detection {r['faster_rcnn_s_per_iter']:g}/{r['mask_rcnn_s_per_iter']:g} s per "
+                 "2-image iteration (V100, mmdetection's model zoo)",
+                 f"{'part':<16}{'runs':>6}{'new':>6}{'pretrain images':>18}{'pretrain GPU-h':>16}"
+                 f"{'probe GPU-h':>13}{'detections':>12}{'detect GPU-h':>14}{'GPU-h':>12}"]
+        for row in self.rows():
+            lines.append(f"{row['part']:<16}{row['runs']:>6}{row['new_runs']:>6}{row['pretrain_images']:>18,}"
+                         f"{row['pretrain_gpu_h']:>16,.1f}{row['probe_gpu_h']:>13,.1f}{row['detections']:>12}"
+                         f"{row['detect_gpu_h']:>14,.1f}{row['gpu_h']:>12,.1f}")
+        return "\n".join(lines)
+
+    def commands(self):
+        """The `flatmix pretrain` command of every run, for running them outside Snakemake."""
+        return [f"flatmix pretrain {set_flags(spec)} --set data.root=PREPARED_IMAGENET --out runs/{run}"
+                for run, spec in self.experiments.pretrain_runs().items()]

@@ -1,0 +1,190 @@
+"""The report: Tables 1-8 in the paper's shape with each cell "ours (paper, delta)", Figures 4 and 5, and
+each number's provenance (run, resolved config, commit, packages, image, hardware, wall time).
+
+Markdown (report.md) and one self-contained HTML5 file (report.html, figures embedded); cells whose
+result is not there yet are shown as pending. The tables come from flatmix.experiments, so a report made
+by hand from partial results has the same shape as the DAG's.
+"""
+
+import base64
+from datetime import datetime, timezone
+import json
+from pathlib import Path
+import re
+
+import jinja2
+import matplotlib
+import yaml
+
+from flatmix import atomic, provenance
+from flatmix.errors import FlatmixError
+from flatmix.experiments import Experiments
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("flatmix", "resources"), autoescape=jinja2.select_autoescape(
+    ["html"]), keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+
+
+def load_config(path):
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise FlatmixError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise FlatmixError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise FlatmixError(f"config {path} must be a mapping of keys to values")
+    return config
+
+
+def anchor(result):
+    return "prov-" + re.sub(r"[^A-Za-z0-9]+", "-", result.removesuffix("/metrics.json")).strip("-")
+
+
+class Results:
+    """The metrics files under the results folder, read once each."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self._cache = {}
+
+    def read(self, rel):
+        if rel not in self._cache:
+            path = self.root / rel
+            try:
+                self._cache[rel] = json.loads(path.read_text()) if path.is_file() else None
+            except (OSError, json.JSONDecodeError) as e:
+                raise FlatmixError(f"{path} is not a readable metrics file: {e}") from None
+        return self._cache[rel]
+
+    def value(self, cell):
+        metrics = self.read(cell.result)
+        return None if metrics is None else metrics.get(cell.metric)
+
+    def made(self, cell):
+        return self.read(cell.result) is not None
+
+
+def _number(x):
+    return f"{x:.2f}"
+
+
+def cell_view(cell, results):
+    """{text, href, state} for one table cell."""
+    if cell is None:
+        return {"text": "–", "href": None, "state": "none"}
+    paper = "–" if cell.paper is None else f"{cell.paper:.{cell.digits}f}"
+    if not results.made(cell):
+        return {"text": f"pending ({paper})", "href": None, "state": "pending"}
+    ours = results.value(cell)
+    if ours is None:  # e.g. an AP of a size the data holds no object of
+        text = f"n/a ({paper})"
+    elif cell.paper is None:
+        text = f"{_number(ours)} ({paper})"
+    else:
+        text = f"{_number(ours)} ({paper}, {ours - cell.paper:+.2f})"
+    return {"text": text + (" smoke" if cell.smoke else ""), "href": "#" + anchor(cell.result),
+            "state": "smoke" if cell.smoke else "made"}
+
+
+def _provenance_entry(cell, results):
+    """What produced one result file: the evaluation's record and, for a pretrained backbone, the run's."""
+    metrics = results.read(cell.result)
+    entry = {"id": anchor(cell.result), "result": cell.result, "run": cell.run,
+             "evaluation": {k: metrics.get(k) for k in ("task", "bn", "scale", "protocol", "epochs", "lr",
+                                                      "batch_size", "image_size", "backbone", "data", "config",
+                                                      "processes", "device", "wall_time_s") if k in metrics},
+             "provenance": metrics.get("provenance") or {}, "pretrain": None, "run_config": None}
+    if cell.run:
+        run_dir = results.root / "pretrain" / cell.run
+        summary = run_dir / "summary.json"
+        config = run_dir / "config.yaml"
+        entry["pretrain"] = json.loads(summary.read_text()) if summary.is_file() else None
+        entry["run_config"] = config.read_text() if config.is_file() else None
+    return entry
+
+
+def figure4(experiments, results, path):
+    """Accuracy against epochs per method: with mixtures solid, without dotted (as the paper); the
+    paper's curves in grey, ours in colour."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, (method, series) in zip(axes, experiments.figure4.items()):
+        for name, colour, style in (("ours", "C3", "-"), ("baseline", "C0", ":")):
+            points = series[name]
+            label = "with mixtures" if name == "ours" else "without"
+            paper = [(ep, c.paper) for ep, c in points if c.paper is not None]
+            if paper:
+                ax.plot(*zip(*paper), color="0.6", linestyle=style, marker="o", markersize=3,
+                        label=f"paper, {label}")
+            ours = [(ep, results.value(c)) for ep, c in points if results.made(c) and results.value(c) is not None]
+            smoke = any(c.smoke for _, c in points if results.made(c))
+            if ours:
+                ax.plot(*zip(*ours), color=colour, linestyle=style, marker="s",
+                        label=f"ours, {label}" + (" (smoke stand-in)" if smoke else ""))
+        ax.set_title(f"{'MoCo' if method == 'moco' else 'CMC'} on ImageNet-100")
+        ax.set_xlabel("pretraining epochs")
+        ax.set_ylabel("linear top-1 (%)")
+        ax.set_xticks([ep for ep, _ in series["ours"]])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Figure 4: accuracy against the training budget")
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _data_uri(path):
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def build_view(experiments, results, config_path):
+    tables, cells = [], []
+    for table in experiments.tables.values():
+        rows = []
+        for label, row in table.rows:
+            rows.append({"label": label, "cells": [cell_view(c, results) for c in row]})
+            cells += [c for c in row if c is not None and results.made(c)]
+        tables.append({"key": table.key, "title": table.title, "columns": table.columns, "rows": rows})
+    cells += [c for series in experiments.figure4.values() for pts in series.values() for _, c in pts
+              if results.made(c)]
+    entries, seen = [], set()
+    for cell in cells:
+        if cell.result not in seen:
+            seen.add(cell.result)
+            entries.append(_provenance_entry(cell, results))
+    flatness_file = results.root / "flatness" / "flatness.json"
+    flatness = json.loads(flatness_file.read_text()) if flatness_file.is_file() else None
+    return {
+        "preset": experiments.preset,
+        "smoke": experiments.preset == "smoke",
+        "standins": experiments.standins,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "config": str(config_path),
+        "report_provenance": provenance.collect(),
+        "tables": tables,
+        "made": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] in ("made", "smoke")),
+        "pending": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] == "pending"),
+        "flatness": {name: m["max_probability"] for name, m in flatness["models"].items()} if flatness else None,
+        "entries": entries,
+    }
+
+
+def run(config_path, results_dir, out):
+    """Write OUT/report.md, OUT/report.html and OUT/figure4.png; returns a summary."""
+    config = load_config(config_path)
+    experiments = Experiments(config)
+    results = Results(results_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure4(experiments, results, out / "figure4.png")
+    view = build_view(experiments, results, config_path)
+    figure5 = results.root / "flatness" / "flatness.png"
+    atomic.write_text(out / "report.md", TEMPLATES.get_template("report.md.j2").render(
+        **view, figure4="figure4.png",
+        figure5=Path("..", "flatness", "flatness.png").as_posix() if figure5.is_file() else None))
+    atomic.write_text(out / "report.html", TEMPLATES.get_template("report.html.j2").render(
+        **view, figure4=_data_uri(out / "figure4.png"), figure5=_data_uri(figure5) if figure5.is_file() else None))
+    return {"report": str(out / "report.html"), "cells_made": view["made"], "cells_pending": view["pending"]}

@@ -1,0 +1,108 @@
+"""The paper's experiments from config: run names shared between tables, smoke stand-ins, outside
+checkpoints, the run specs the DAG passes to `flatmix pretrain`, and the cost plan."""
+
+import copy
+import re
+import shlex
+
+import pytest
+import yaml
+
+from conftest import REPO, assert_one_line_error, run_flatmix
+from flatmix.errors import FlatmixError
+from flatmix.experiments import Experiments
+from flatmix.presets import DEFAULTS
+from flatmix.runconfig import resolve, set_flags
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_paper_preset_trains_each_run_once_for_all_tables():
+    e = Experiments(CONFIG, "paper")
+    runs = e.pretrain_runs()
+    assert len(runs) >= 45
+    table = lambda key: [c.run for _, cells in e.tables[key].rows for c in cells if c]  # noqa: E731
+    assert [len(table(k)) for k in ("table1", "table2", "table3")] == [6, 6, 11]
+    # decay 1.0 with 2 region images is Table 2's n = 2; Table 5's CMC 800-epoch baseline is Table 4's
+    assert table("table3")[-1] == table("table2")[0] == "in100-moco-r2p0.5d1.0-e400-k16384"
+    assert table("table4")[0] == table("table5")[6] == "in100-cmc-e800-k16384"
+    # Table 6's R50 "ours" is the transfer tables' "Ours (K=65536)"
+    assert "in1k-moco-resnet50-g4p0.5-r5p0.5d0.2-e200-k65536" in table("table6")
+    assert "in1k-moco-resnet50-g4p0.5-r5p0.5d0.2-e200-k65536" in table("table8b")
+    assert len(e.detections()) == 13  # 3 backbones x 4 settings + random init. on VOC
+    assert e.dataset_of("in1k-moco-resnet50w2-e200-k65536") == "imagenet1k"
+
+
+def test_presets_split_the_paper():
+    parts = {p: set(Experiments(CONFIG, p).pretrain_runs()) for p in
+             ("in100-ablation", "in100-main", "in1k", "transfer", "paper")}
+    assert parts["in100-ablation"] | parts["in100-main"] | parts["in1k"] | parts["transfer"] == parts["paper"]
+    assert all(r.startswith("in1k-") for r in parts["in1k"] | parts["transfer"])
+    assert not Experiments(CONFIG, "in1k").detections()
+
+
+def test_every_run_spec_round_trips_through_set_flags():
+    for name, spec in Experiments(CONFIG, "paper").pretrain_runs().items():
+        flags = shlex.split(set_flags(spec))
+        sets = flags[1::2]
+        assert flags[::2] == ["--set"] * len(sets)
+        cfg = resolve(DEFAULTS, {}, sets=sets)
+        assert cfg["train"]["epochs"] == int(re.search(r"-e(\d+)-", name).group(1))
+        assert cfg["mixture"]["global"]["n"] == spec.get("mixture", {}).get("global", {}).get("n", 1)
+
+
+def test_config_values_change_the_runs():
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["table1"] = {"epochs": 100, "global_n": [3]}
+    e = Experiments(config, "in100-ablation")
+    assert "in100-moco-g3p0.5-e100-k16384" in e.pretrain_runs()
+    assert e.tables["table1"].rows[0][1][0].paper == 76.24  # the paper's n = 3, at any epochs
+
+
+def test_smoke_stands_in_for_the_paper_runs_it_imitates():
+    e = Experiments(CONFIG, "smoke")
+    assert set(e.pretrain_runs()) == {"smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"}
+    moco = e.tables["table5"].rows[0][1]
+    assert moco[1].result == "linear/smoke-moco/metrics.json" and moco[1].smoke and moco[1].paper == 78.2
+    assert moco[4].result == "linear/smoke-moco-mix/metrics.json" and moco[4].paper == 79.8
+    assert not moco[0].smoke and moco[0].run == "in100-moco-e240-k16384"  # stays pending
+    ours = e.tables["table8b"].rows[1][1][0]
+    assert ours.result == "detect/smoke-moco-mix/coco-mask-rcnn-frozen/metrics.json" and ours.smoke
+
+
+def test_outside_checkpoints_join_the_transfer_tables():
+    config = copy.deepcopy(CONFIG)
+    config["transfer"]["checkpoints"] = {"supervised-r50": "/ckpt/r50.pth"}
+    e = Experiments(config, "transfer")
+    assert ("supervised-r50", "coco-retinanet", "frozen") in e.detections()
+    assert "supervised-r50" not in e.pretrain_runs()
+    for key in ("table7a", "table7b", "table8a", "table8b"):
+        assert any(label.startswith("supervised-r50") for label, _ in e.tables[key].rows)
+    config["transfer"]["checkpoints"] = {"in1k-moco-resnet50-e200-k16384": "/x.pth"}
+    with pytest.raises(FlatmixError, match="in1k-moco-resnet50-e200-k16384"):
+        Experiments(config, "transfer")
+
+
+def test_plan_prints_the_cost_per_table_and_the_total():
+    result = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    assert set(rows) >= {"table1", "table4", "figure4", "table6", "table8b", "total"}
+    runs = len(Experiments(CONFIG, "paper").pretrain_runs())
+    assert int(rows["total"][1]) == runs
+    assert int(rows["table3"][2]) == 10  # one of Table 3's runs is Table 2's
+    total = float(rows["total"][-1].replace(",", ""))
+    faster = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml",
+                         "--moco-pairs-per-s", "5266", "--cmc-pairs-per-s", "4192")
+    faster_total = float(faster.stdout.splitlines()[-1].split()[-1].replace(",", ""))
+    assert faster_total < total
+    commands = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml", "--commands")
+    assert len(commands.stdout.splitlines()) == runs
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--preset", "everything"], ["everything", "paper"]),
+    (["--config", "/nonexistent/config.yaml"], ["/nonexistent/config.yaml"]),
+])
+def test_plan_refuses_bad_input(args, fragments):
+    assert_one_line_error(run_flatmix("plan", *args), *fragments)

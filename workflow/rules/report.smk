@@ -1,0 +1,24 @@
+# The report: every table of the paper with our numbers beside the paper's, Figures 4 and 5, and the
+# provenance of each number. The workflow's effective config goes beside it (and tells the report which
+# runs fill which cells).
+
+
+rule report:
+    input:
+        linear=linear_results(),
+        detections=detections(),
+        flatness=flatness_outputs(),
+    output:
+        config=results("report/config.yaml"),
+        markdown=report(results("report/report.md"), caption="../report/report.rst", category="Report"),
+        html=report(results("report/report.html"), caption="../report/report.rst", category="Report"),
+        figure4=report(results("report/figure4.png"), caption="../report/figure4.rst", category="Figures"),
+    params:
+        config=json.dumps(config, sort_keys=True),
+        results=lambda wildcards, output: Path(output.markdown).parent.parent,
+        out=lambda wildcards, output: Path(output.markdown).parent,
+    log:
+        results("logs/report.log"),
+    shell:
+        "printf '%s\\n' {params.config:q} > {output.config}"
+        " && flatmix report --config {output.config} --results {params.results} --out {params.out} > {log} 2>&1"
