@@ -83,6 +83,21 @@ def test_paper_preset_plans_every_table(tmp_path):
     assert "synth" not in counts
 
 
+def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
+    """Several GPUs: torchrun in the job, one process per GPU; several nodes: one torchrun per node by srun."""
+    config = _config_with(tmp_path, **{"preset": "in1k", "experiments.imagenet1k.nodes": 2,
+                                      "slurm.resources.paper.linear": {"gpu": 4}})
+    result = snakemake("-n", "-p", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("Shell command:")]
+    pretrain = [c for c in commands if " pretrain " in c]
+    assert len(pretrain) == 4 and all(
+        "srun --ntasks-per-node=1" in c and "torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=8" in c
+        for c in pretrain)
+    assert all("torchrun --standalone --nproc_per_node=4 -m flatmix linear" in c for c in commands if " linear " in c)
+    assert all(c.split()[2] == "flatmix" for c in commands if " convert " in c)
+
+
 @pytest.mark.slow
 def test_smoke_dag_end_to_end(tmp_path):
     result = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), cwd=tmp_path)

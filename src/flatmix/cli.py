@@ -84,7 +84,7 @@ def _plan(args):
     from flatmix.plan import Plan
     from flatmix.report import load_config
     rates = {k: v for k, v in vars(args).items() if k.endswith(("_per_s", "_per_iter")) and v is not None}
-    plan = Plan(load_config(args.config), args.preset, rates)
+    plan = Plan(load_config(*(args.config or ["config.yaml"])), args.preset, rates)
     print("\n".join(plan.commands()) if args.commands else plan.text())
 
 
@@ -169,7 +169,9 @@ def build_parser():
 
     p = commands.add_parser("plan", help="the runs, images and GPU-hours a preset will cost, per table")
     p.add_argument("--preset", help="default: the config's preset")
-    p.add_argument("--config", default="config.yaml", help="the workflow config (default: %(default)s)")
+    p.add_argument("--config", action="append", metavar="FILE",
+                   help="the workflow config; repeat to layer files as Snakemake's --configfile does "
+                        "(default: config.yaml)")
     p.add_argument("--commands", action="store_true", help="print each pretraining run's flatmix command instead")
     for flag, help_text in (("--moco-pairs-per-s", "MoCo pretraining pairs/s per GPU"),
                             ("--cmc-pairs-per-s", "CMC pretraining pairs/s per GPU"),

@@ -4,7 +4,10 @@
 import json
 from pathlib import Path
 import re
+import shlex
 import sys
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
@@ -21,9 +24,20 @@ except FlatmixError as e:
 PRETRAIN_RUNS = EXPERIMENTS.pretrain_runs()
 OUTSIDE = EXPERIMENTS.outside
 
-# The rules call `flatmix`: take the one installed beside this snakemake, even when .venv is not
-# activated (inside a container that folder does not exist and the image's own `flatmix` is found).
-shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
+# The rules call `flatmix`: outside a container, the one installed beside this snakemake (even when .venv
+# is not activated); inside the image (--sdm apptainer), the image's own.
+if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
+    shell.prefix("set -euo pipefail; ")
+    # bind the data roots (and outside checkpoints) into every rule's container beside the working
+    # directory; idempotent, as each job's own snakemake reads this file again
+    roots = [config["data"][k] for k in ("imagenet", "voc", "coco") if config["data"][k]]
+    roots += [str(Path(p).resolve().parent) for p in (config["transfer"]["checkpoints"] or {}).values()]
+    for root in roots:
+        bind = f"--bind {shlex.quote(root)}"
+        if bind not in workflow.deployment_settings.apptainer_args:
+            workflow.deployment_settings.apptainer_args += f" {bind}"
+else:
+    shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
 
 
 container: config["container"]["image"]
@@ -60,18 +74,57 @@ def pretrained(run):
     return results(f"pretrain/{run}/checkpoint.pth")
 
 
-def gpus(run):
-    """GPUs (torchrun processes) per pretraining run: from config per data set; smoke runs take one."""
+def run_shape(run):
+    """(GPUs per node, nodes) of a pretraining run: from config per data set; smoke runs take one GPU."""
     if SMOKE:
-        return 1
-    return config["experiments"][EXPERIMENTS.dataset_of(run)]["gpus"]
+        return 1, 1
+    c = config["experiments"][EXPERIMENTS.dataset_of(run)]
+    return c["gpus"], c["nodes"]
 
 
-def launcher(processes):
-    """`flatmix`, or flatmix under torchrun with one process per GPU."""
-    if processes == 1:
+def launcher(gpus, nodes=1):
+    """`flatmix` (no GPU or one), or flatmix under torchrun with one process per GPU; on several nodes, one
+    torchrun per node started by srun, meeting at the job's first node."""
+    if gpus * nodes <= 1:
         return "flatmix"
-    return f"torchrun --standalone --nproc_per_node={processes} -m flatmix"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node={gpus} -m flatmix"
+    return ("srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=$SLURM_JOB_NUM_NODES"
+            f" --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d"
+            ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29400 -m flatmix')
+
+
+def _slurm_common():
+    extra = {}
+    if config["slurm"]["partition"]:
+        extra["slurm_partition"] = config["slurm"]["partition"]
+    if config["slurm"]["account"]:
+        extra["slurm_account"] = config["slurm"]["account"]
+    return extra
+
+
+def job_resources(rule):
+    """A rule's SLURM request from config (`slurm.resources`, smoke or paper), as Snakemake resources."""
+    table = config["slurm"]["resources"]["smoke" if SMOKE else "paper"]
+    return {**table["default"], **table.get(rule, {}), **_slurm_common()}
+
+
+def rule_gpus(rule):
+    """GPUs of a (non-pretraining) rule's job: its torchrun processes."""
+    return job_resources(rule).get("gpu", 0)
+
+
+def pretrain_resources():
+    """A pretraining job asks for its run's GPUs on each of its nodes."""
+    r = config["slurm"]["resources"]["smoke" if SMOKE else "paper"]["pretrain"]
+    return {
+        "gres": lambda wildcards: f"gpu:{run_shape(wildcards.run)[0]}",
+        "nodes": lambda wildcards: run_shape(wildcards.run)[1],
+        "cpus_per_gpu": r["cpus_per_gpu"],
+        "mem_mb": lambda wildcards: r["mem_mb_per_gpu"] * run_shape(wildcards.run)[0],
+        "runtime": r["runtime"],
+        **_slurm_common(),
+    }
 
 
 def backbone_checkpoint(name):

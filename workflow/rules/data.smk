@@ -7,6 +7,8 @@ rule synth:
     params:
         out=lambda wildcards, output: Path(output[0]).parent,
         synth=config["synth"],
+    resources:
+        **job_resources("synth"),
     log:
         results("logs/synth.log"),
     shell:
@@ -27,6 +29,8 @@ rule prepare_imagenet:
         out=lambda wildcards, output: Path(output[0]).parent,
         class_list=lambda wildcards: f"--class-list {config['data']['class_list']}"
         if config["data"]["class_list"] and wildcards.subset == "imagenet100" else "",
+    resources:
+        **job_resources("prepare_imagenet"),
     log:
         results("logs/prepare_{subset}.log"),
     shell:
@@ -44,6 +48,8 @@ rule prepare_detection:
     params:
         root=lambda wildcards: data_root(wildcards.dataset)[0],
         out=lambda wildcards, output: Path(output[0]).parent,
+    resources:
+        **job_resources("prepare_detection"),
     log:
         results("logs/prepare_{dataset}.log"),
     shell:

@@ -15,8 +15,11 @@ rule detect:
         root=lambda wildcards: data_root("voc" if wildcards.task.startswith("voc") else "coco")[0],
         out=lambda wildcards, output: Path(output[0]).parent,
         scale="smoke" if SMOKE else "paper",
+        launcher=launcher(rule_gpus("detect")),
+    resources:
+        **job_resources("detect"),
     log:
         results("logs/detect/{backbone}/{task}-{bn}.log"),
     shell:
-        "flatmix detect {wildcards.task} --backbone {params.backbone} --data {params.root} --bn {wildcards.bn}"
+        "{params.launcher} detect {wildcards.task} --backbone {params.backbone} --data {params.root} --bn {wildcards.bn}"
         " --out {params.out} --scale {params.scale} > {log} 2>&1"

@@ -13,6 +13,8 @@ rule convert:
     params:
         to=lambda wildcards: wildcards.target.split(".")[0],
         view=lambda wildcards: "" if wildcards.part == "backbone" else f"--view {wildcards.part}",
+    resources:
+        **job_resources("convert"),
     log:
         results("logs/convert/{run}/{part}-{target}.log"),
     shell:
@@ -31,10 +33,13 @@ rule linear:
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
         options=linear_options(),
+        launcher=launcher(rule_gpus("linear")),
+    resources:
+        **job_resources("linear"),
     log:
         results("logs/linear/{run}.log"),
     shell:
-        "flatmix linear --backbone {input.checkpoint} --data {params.data} --out {params.out}"
+        "{params.launcher} linear --backbone {input.checkpoint} --data {params.data} --out {params.out}"
         " {params.options} 2> {log}"
 
 
@@ -52,6 +57,8 @@ rule flatness:
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output.png).parent,
         image_size=(config["smoke"]["flatness"] if SMOKE else config["flatness"])["image_size"],
+    resources:
+        **job_resources("flatness"),
     log:
         results("logs/flatness.log"),
     shell:

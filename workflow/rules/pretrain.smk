@@ -1,6 +1,6 @@
 # Pretraining: one run per name of the preset (flatmix.experiments builds each from config), on the
-# prepared ImageNet-100 or ImageNet-1K. Several GPUs: torchrun in the job. A restarted job resumes from
-# the run's last.pth.
+# prepared ImageNet-100 or ImageNet-1K. Several GPUs: torchrun in the job (srun + torchrun on several
+# nodes). A requeued or restarted job resumes from the run's last.pth.
 
 
 rule pretrain:
@@ -9,12 +9,14 @@ rule pretrain:
     output:
         results("pretrain/{run}/checkpoint.pth"),
     params:
-        launcher=lambda wildcards: launcher(gpus(wildcards.run)),
+        launcher=lambda wildcards: launcher(*run_shape(wildcards.run)),
         settings=lambda wildcards: set_flags(PRETRAIN_RUNS[wildcards.run]),
         data=lambda wildcards, input: Path(input[0]).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
     wildcard_constraints:
         run=one_of(PRETRAIN_RUNS),
+    resources:
+        **pretrain_resources(),
     log:
         results("logs/pretrain/{run}.log"),
     shell:

@@ -17,6 +17,8 @@ rule report:
         config=json.dumps(config, sort_keys=True),
         results=lambda wildcards, output: Path(output.markdown).parent.parent,
         out=lambda wildcards, output: Path(output.markdown).parent,
+    resources:
+        **job_resources("report"),
     log:
         results("logs/report.log"),
     shell:
