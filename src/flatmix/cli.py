@@ -81,8 +81,8 @@ def _detect(args):
 
 
 def _plan(args):
+    from flatmix.experiments import load_config
     from flatmix.plan import Plan
-    from flatmix.report import load_config
     rates = {k: v for k, v in vars(args).items() if k.endswith(("_per_s", "_per_iter")) and v is not None}
     plan = Plan(load_config(*(args.config or ["config.yaml"])), args.preset, rates)
     print("\n".join(plan.commands()) if args.commands else plan.text())

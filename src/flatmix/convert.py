@@ -17,7 +17,6 @@ import pickle
 import re
 
 import torch
-from torchvision.models.resnet import Bottleneck
 
 from flatmix import atomic
 from flatmix.errors import FlatmixError

@@ -22,6 +22,7 @@ import re
 from flatmix import paper
 from flatmix.errors import FlatmixError
 from flatmix.presets import PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture
+from flatmix.runconfig import read_mapping
 
 PRESET_PARTS = {
     "smoke": (),
@@ -33,13 +34,18 @@ PRESET_PARTS = {
 PRESET_PARTS["paper"] = tuple(part for parts in PRESET_PARTS.values() for part in parts)
 PRESETS = tuple(PRESET_PARTS)
 
-# The paper's detection settings: (table, task, bn, metrics with their column names)
+# The paper's detection tables: (task, bn, {metric: column}, title, the paper's values per backbone)
+_VOC = {"AP50": "AP50", "recall": "Recall"}
 DETECTION_TABLES = {
-    "table7a": ("voc-faster-rcnn", "train", {"AP50": "AP50", "recall": "Recall"}),
-    "table7b": ("voc-faster-rcnn", "frozen", {"AP50": "AP50", "recall": "Recall"}),
-    "table8a": ("coco-retinanet", "frozen", {f"bbox_{m}": m for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")}),
+    "table7a": ("voc-faster-rcnn", "train", _VOC, "Table 7a: VOC Faster R-CNN R50-FPN, No Freeze (%)",
+                paper.TABLE7["train"]),
+    "table7b": ("voc-faster-rcnn", "frozen", _VOC, "Table 7b: VOC Faster R-CNN R50-FPN, Freeze BN (%)",
+                paper.TABLE7["frozen"]),
+    "table8a": ("coco-retinanet", "frozen", {f"bbox_{m}": m for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+                "Table 8a: COCO RetinaNet R50-FPN, Freeze BN (%)", paper.TABLE8A),
     "table8b": ("coco-mask-rcnn", "frozen", {**{f"bbox_{m}": f"{m}bb" for m in ("AP", "AP50", "AP75")},
-                                             **{f"mask_{m}": f"{m}mk" for m in ("AP", "AP50", "AP75")}}),
+                                             **{f"mask_{m}": f"{m}mk" for m in ("AP", "AP50", "AP75")}},
+                "Table 8b: COCO Mask R-CNN R50-FPN, Freeze BN (%)", paper.TABLE8B),
 }
 SMOKE_STANDINS = {  # the smoke runs, and which paper run (by its role) each imitates
     "smoke-moco": "moco-800", "smoke-moco-mix": "moco-ours-800", "smoke-cmc": "cmc-800",
@@ -65,6 +71,23 @@ class Table:
     title: str
     columns: list
     rows: list = field(default_factory=list)  # [(label, [Cell | None])]; None is the paper's "–"
+
+
+def _merge(base, update):
+    """Snakemake's way of layering config files: nested mappings merge, everything else is replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def load_config(*paths):
+    """The workflow config from one or more YAML files, later ones overriding earlier ones."""
+    config = {}
+    for path in paths:
+        config = _merge(config, read_mapping(path))
+    return config
 
 
 def linear_result(run):
@@ -137,7 +160,7 @@ class Experiments:
     # ---- tables ---------------------------------------------------------------------------------
     def _build(self):
         e = lambda key: _get(self.config, f"experiments.{key}")  # noqa: E731
-        moco_p, cmc_p = self._p("moco"), self._p("cmc")
+        moco_p = self._p("moco")
 
         t = e("table1")
         runs = [self._in100("moco", t["epochs"], mixture(global_n=n, global_p=moco_p)) for n in t["global_n"]]
@@ -216,26 +239,19 @@ class Experiments:
                 raise FlatmixError(f"transfer.checkpoints: {name!r} must be a new name of letters, digits, . _ + -")
             backbones.append((f"{name} (outside checkpoint)", name, None))
         self.roles["transfer-ours"] = backbones[2][1] if len(backbones) > 2 else None
-        titles = {"table7a": "Table 7a: VOC Faster R-CNN R50-FPN, No Freeze (%)",
-                  "table7b": "Table 7b: VOC Faster R-CNN R50-FPN, Freeze BN (%)",
-                  "table8a": "Table 8a: COCO RetinaNet R50-FPN, Freeze BN (%)",
-                  "table8b": "Table 8b: COCO Mask R-CNN R50-FPN, Freeze BN (%)"}
-        for key, (task, bn, metrics) in DETECTION_TABLES.items():
+        for key, (task, bn, metrics, title, published) in DETECTION_TABLES.items():
             rows = []
             for label, backbone, paper_key in backbones:
                 if backbone == "random" and task != "voc-faster-rcnn":
                     continue
-                if key == "table7a" or key == "table7b":
-                    values = paper.TABLE7[bn].get(paper_key, (None, None))
-                else:
-                    values = (paper.TABLE8A if key == "table8a" else paper.TABLE8B).get(paper_key, (None,) * 6)
-                run = backbone if backbone in self.runs else None
                 if backbone == "random" and bn == "frozen":  # not run in the paper either
                     rows.append((label, [None] * len(metrics)))
                     continue
+                values = published.get(paper_key, (None,) * len(metrics))
+                run = backbone if backbone in self.runs else None
                 rows.append((label, [Cell(detection_result(backbone, task, bn), m, v, run)
                                      for m, v in zip(metrics, values)]))
-            self._table(key, titles[key], list(metrics.values()), rows)
+            self._table(key, title, list(metrics.values()), rows)
 
     def _table(self, key, title, columns, rows):
         self.tables[key] = Table(key, title, columns, rows)
@@ -302,7 +318,7 @@ class Experiments:
     def detections(self):
         """[(backbone, task, bn)] this preset fine-tunes."""
         if self.preset == "smoke":
-            return [("smoke-moco-mix", task, bn) for task, bn, _ in DETECTION_TABLES.values()]
+            return [("smoke-moco-mix", task, bn) for task, bn, *_ in DETECTION_TABLES.values()]
         return list(dict.fromkeys(d for part in self.parts() for d in self.part_detections(part)))
 
     def makes_flatness(self):

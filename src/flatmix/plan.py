@@ -9,7 +9,7 @@ ones (flatmix.paper), or the embedded set's for the smoke preset.
 """
 
 from flatmix import paper
-from flatmix.experiments import DETECTION_TABLES, Experiments
+from flatmix.experiments import Experiments
 from flatmix.linear import PROTOCOLS
 from flatmix.runconfig import set_flags
 

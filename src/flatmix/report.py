@@ -14,42 +14,15 @@ import re
 
 import jinja2
 import matplotlib
-import yaml
-
 from flatmix import atomic, provenance
 from flatmix.errors import FlatmixError
-from flatmix.experiments import Experiments
+from flatmix.experiments import Experiments, load_config
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("flatmix", "resources"), autoescape=jinja2.select_autoescape(
     ["html"]), keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-
-
-def _merge(base, update):
-    """Snakemake's way of layering config files: nested mappings merge, everything else is replaced."""
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
-    return merged
-
-
-def load_config(*paths):
-    """The workflow config from one or more YAML files, later ones overriding earlier ones."""
-    config = {}
-    for path in paths:
-        try:
-            layer = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise FlatmixError(f"cannot read config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise FlatmixError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(layer, dict):
-            raise FlatmixError(f"config {path} must be a mapping of keys to values")
-        config = _merge(config, layer)
-    return config
 
 
 def anchor(result):

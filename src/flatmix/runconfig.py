@@ -35,6 +35,20 @@ def unflatten(flat):
     return tree
 
 
+def read_mapping(path):
+    """A YAML file of keys and values (empty: none); one-line errors for an unreadable or malformed file."""
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise FlatmixError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise FlatmixError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise FlatmixError(f"config {path} must be a mapping of keys to values")
+    return tree
+
+
 def set_flags(spec):
     """A (partial) run spec as `--set key=value` arguments; values in JSON, which `resolve` reads back."""
     return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in flatten(spec).items())
@@ -73,16 +87,7 @@ def resolve(defaults, presets, preset=None, config_file=None, sets=()):
             raise FlatmixError(f"unknown preset {preset!r}{nearest(preset, presets)}")
         layers.append((flatten(presets[preset]), f"preset {preset}"))
     if config_file is not None:
-        try:
-            with open(config_file) as f:
-                tree = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise FlatmixError(f"cannot read config {config_file}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise FlatmixError(f"config {config_file} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise FlatmixError(f"config {config_file} must be a mapping of keys to values")
-        layers.append((flatten(tree), str(config_file)))
+        layers.append((flatten(read_mapping(config_file)), str(config_file)))
     overrides = {}
     for item in sets:
         key, sep, text = item.partition("=")
