@@ -58,47 +58,35 @@ class Plan:
         images = epochs * train + val
         return images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / self.rates["probe_images_per_s"] / 3600
 
-    def detection_cost(self, task):
+    def detection_gpu_h(self, task):
         images = DETECTION_EPOCHS * self.sizes["voc" if task.startswith("voc") else "coco"]
         s_per_iter = self.rates["mask_rcnn_s_per_iter" if task == "coco-mask-rcnn" else "faster_rcnn_s_per_iter"]
-        return images, images / 2 * s_per_iter / 3600
+        return images / 2 * s_per_iter / 3600
 
     def rows(self):
-        """One row per part of the preset (and the total): runs, new runs, images, GPU-hours."""
+        """One row per part of the preset, each costing only the runs and detections no earlier part
+        counted, and the total."""
         e = self.experiments
         runs = e.pretrain_runs()
-        parts = e.parts() or ("smoke",)
         counted_runs, counted_detections, rows = set(), set(), []
-        total = {"part": "total", "runs": 0, "new_runs": 0, "pretrain_images": 0, "pretrain_gpu_h": 0.0,
-                 "probe_gpu_h": 0.0, "detections": 0, "detect_gpu_h": 0.0}
-        for part in parts:
-            if part == "smoke":
-                part_runs, part_detections = list(runs), e.detections()
-            else:
-                part_runs = [r for r in runs if r in e.part_runs(part)]
-                part_detections = [d for d in e.detections() if d in e.part_detections(part)]
-            row = {"part": part, "runs": len(part_runs), "new_runs": 0, "pretrain_images": 0, "pretrain_gpu_h": 0.0,
-                   "probe_gpu_h": 0.0, "detections": len(part_detections), "detect_gpu_h": 0.0}
-            for run in part_runs:
-                if run in counted_runs:
-                    continue
-                counted_runs.add(run)
-                images, hours = self.pretrain_cost(run, runs[run])
-                row["new_runs"] += 1
-                row["pretrain_images"] += images
-                row["pretrain_gpu_h"] += hours
-                row["probe_gpu_h"] += self.probe_cost(run, runs[run])
-            for detection in part_detections:
-                if detection not in counted_detections:
-                    counted_detections.add(detection)
-                    row["detect_gpu_h"] += self.detection_cost(detection[1])[1]
+        for part in e.parts() or ("smoke",):
+            part_runs = list(runs) if part == "smoke" else [r for r in runs if r in e.part_runs(part)]
+            detections = e.detections() if part == "smoke" else e.part_detections(part)
+            new_runs = [r for r in part_runs if r not in counted_runs]
+            new_detections = [d for d in detections if d not in counted_detections]
+            counted_runs.update(new_runs)
+            counted_detections.update(new_detections)
+            costs = [self.pretrain_cost(r, runs[r]) for r in new_runs]
+            rows.append({"part": part, "runs": len(part_runs), "new_runs": len(new_runs),
+                         "pretrain_images": sum(images for images, _ in costs),
+                         "pretrain_gpu_h": sum(hours for _, hours in costs),
+                         "probe_gpu_h": sum(self.probe_cost(r, runs[r]) for r in new_runs),
+                         "detections": len(detections),
+                         "detect_gpu_h": sum(self.detection_gpu_h(task) for _, task, _ in new_detections)})
+        total = {key: sum(row[key] for row in rows) for key in rows[0] if key != "part"}
+        total.update(part="total", runs=total["new_runs"], detections=len(counted_detections))
+        for row in rows + [total]:
             row["gpu_h"] = row["pretrain_gpu_h"] + row["probe_gpu_h"] + row["detect_gpu_h"]
-            rows.append(row)
-            for key in total:
-                if key != "part":
-                    total[key] += row[key if key != "runs" else "new_runs"]
-        total["detections"] = len(counted_detections)
-        total["gpu_h"] = total["pretrain_gpu_h"] + total["probe_gpu_h"] + total["detect_gpu_h"]
         return rows + [total]
 
     def text(self):

@@ -53,10 +53,6 @@ class Results:
         return self.read(cell.result) is not None
 
 
-def _number(x):
-    return f"{x:.2f}"
-
-
 def cell_view(cell, results):
     """{text, href, state} for one table cell."""
     if cell is None:
@@ -68,9 +64,9 @@ def cell_view(cell, results):
     if ours is None:  # e.g. an AP of a size the data holds no object of
         text = f"n/a ({paper})"
     elif cell.paper is None:
-        text = f"{_number(ours)} ({paper})"
+        text = f"{ours:.2f} ({paper})"
     else:
-        text = f"{_number(ours)} ({paper}, {ours - cell.paper:+.2f})"
+        text = f"{ours:.2f} ({paper}, {ours - cell.paper:+.2f})"
     return {"text": text + (" smoke" if cell.smoke else ""), "href": "#" + anchor(cell.result),
             "state": "smoke" if cell.smoke else "made"}
 

@@ -94,6 +94,10 @@ def launcher(gpus, nodes=1):
             ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29400 -m flatmix')
 
 
+# SLURM requests of this preset's kind (config `slurm.resources`: smoke, or paper for every other preset)
+SLURM_REQUESTS = config["slurm"]["resources"]["smoke" if SMOKE else "paper"]
+
+
 def _slurm_common():
     extra = {}
     if config["slurm"]["partition"]:
@@ -105,8 +109,7 @@ def _slurm_common():
 
 def job_resources(rule):
     """A rule's SLURM request from config (`slurm.resources`, smoke or paper), as Snakemake resources."""
-    table = config["slurm"]["resources"]["smoke" if SMOKE else "paper"]
-    return {**table["default"], **table.get(rule, {}), **_slurm_common()}
+    return {**SLURM_REQUESTS["default"], **SLURM_REQUESTS.get(rule, {}), **_slurm_common()}
 
 
 def rule_gpus(rule):
@@ -116,7 +119,7 @@ def rule_gpus(rule):
 
 def pretrain_resources():
     """A pretraining job asks for its run's GPUs on each of its nodes."""
-    r = config["slurm"]["resources"]["smoke" if SMOKE else "paper"]["pretrain"]
+    r = SLURM_REQUESTS["pretrain"]
     return {
         "gres": lambda wildcards: f"gpu:{run_shape(wildcards.run)[0]}",
         "nodes": lambda wildcards: run_shape(wildcards.run)[1],
