@@ -1,21 +1,38 @@
-"""Throughput benchmarks: `flatmix bench pretrain` times the real training step (pretrain.training_step)
-with and without the paper's mixtures, and prints one JSON line per configuration.
+"""Throughput benchmarks. `flatmix bench pretrain` times the real training step (pretrain.training_step)
+with and without the paper's mixtures, fed by synthetic tensors already on the device or by a real loader
+(pil or gpu) from JPEG files, and prints one JSON line per configuration; with a real loader it first
+times the loader alone. `flatmix bench jpegs` writes ImageNet-like JPEGs to run it on.
 
 Under torchrun it runs on every process (DDP) and reports the global pairs/s.
 """
 
+from itertools import count
 import json
+from multiprocessing import Pool
+import os
+from pathlib import Path
 import time
 
+import numpy as np
+from PIL import Image
 import torch
+from tqdm import tqdm
 
+from flatmix.data.batches import PretrainBatches
+from flatmix.data.classes import IMAGENET100
 from flatmix.distributed import Distributed
+from flatmix.errors import FlatmixError
 from flatmix.pretrain import build_training, training_step
 from flatmix.presets import DEFAULTS, PRESETS
 from flatmix.runconfig import resolve
 
 # The full method of Table 5 (global n = 4 and region n = 5 with decay 0.2, p = 0.5).
 MIXTURE = {"global": {"n": 4, "p": 0.5, "alpha": 1.0}, "region": {"n": 5, "p": 0.5, "beta": 1.0, "decay": 0.2}}
+LOADERS = ("synthetic", "pil", "gpu")
+
+# ImageNet's most common image shapes (width, height). At quality 90 the files come out near 78 KB, like
+# the ~75 KB JPEGs behind the loader measurements in the design notes.
+JPEG_SHAPES = ((500, 375), (375, 500), (500, 333), (333, 500), (500, 500), (500, 400))
 
 
 def _synchronise(device):
@@ -23,48 +40,124 @@ def _synchronise(device):
         torch.cuda.synchronize(device)
 
 
-def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=224, steps=20, warmup=5,
-                   precision="bf16", channels_last=True, K=65536):
-    """Yield one result dict per configuration (without, then with the mixtures)."""
-    env = Distributed()
-    try:
-        for mixed in (False, True):
-            sets = [f"method={method}", f"model.arch={arch}", f"train.batch_size={batch_size}",
-                    f"train.precision={precision}", f"train.channels_last={channels_last}",
-                    f"moco.K={K}", f"cmc.K={min(K, 16384)}"]
-            if mixed:
-                sets += [f"mixture.{level}.{key}={value}" for level, values in MIXTURE.items()
-                         for key, value in values.items()]
-            cfg = resolve(DEFAULTS, PRESETS, sets=sets)
-            local = batch_size // env.world
-            torch.manual_seed(0)
-            model, optimizer, mixer = build_training(cfg, env, n_data=max(K, 4 * batch_size))
-            net = env.wrap(model)
-            model.train()
-            views = [torch.randn(local, 3, image_size, image_size, device=env.device)
-                     for _ in range(2 if method == "moco" else 1)]
-            index = torch.arange(local, device=env.device) + env.rank * local
-            for step in range(warmup + steps):
-                if step == warmup:
-                    _synchronise(env.device)
-                    env.barrier()
-                    start = time.perf_counter()
-                training_step(cfg, net, model, optimizer, mixer, list(views), index)
+def _forever(batches):
+    for epoch in count():
+        yield from batches.epoch(epoch)
+
+
+def _timed(env, stream, steps, warmup, step=None):
+    """Seconds for `steps` batches of `stream` after `warmup` (each passed to `step` when given)."""
+    for i in range(warmup + steps):
+        if i == warmup:
             _synchronise(env.device)
             env.barrier()
-            elapsed = time.perf_counter() - start
+            start = time.perf_counter()
+        *views, index = next(stream)
+        if step is not None:
+            step(list(views), index)
+    _synchronise(env.device)
+    env.barrier()
+    return time.perf_counter() - start
+
+
+def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=224, steps=20, warmup=5,
+                   precision="bf16", channels_last=True, K=65536, device=None, loader="synthetic", data=None,
+                   workers=8, compile=False):
+    """Yield one result dict per configuration: the loader alone (real loaders), then the training step
+    without and with the mixtures."""
+    if loader not in LOADERS:
+        raise FlatmixError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    if loader != "synthetic" and not (data and (Path(data) / "train").is_dir()):
+        raise FlatmixError(f"--loader {loader} needs --data DIR with DIR/train/<class>/ images, got {data!r}")
+    env = Distributed(device)
+    try:
+        sets = [f"method={method}", f"model.arch={arch}", f"train.batch_size={batch_size}",
+                f"train.precision={precision}", f"train.channels_last={channels_last}", f"train.compile={compile}",
+                f"moco.K={K}", f"cmc.K={min(K, 16384)}", f"data.image_size={image_size}"]
+        if loader != "synthetic":
+            sets += [f"data.root={data}", f"data.loader={loader}", f"data.workers={workers}"]
+        local = batch_size // env.world
+        common = {"bench": "pretrain", "method": method, "arch": arch, "device": str(env.device),
+                  "device_name": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu",
+                  "cpus": os.cpu_count(), "processes": env.world, "batch_size": batch_size,
+                  "image_size": image_size, "precision": precision, "channels_last": channels_last,
+                  "compile": compile, "loader": loader, "workers": workers if loader != "synthetic" else 0,
+                  "steps": steps}
+        if loader != "synthetic":
+            batches = PretrainBatches(resolve(DEFAULTS, PRESETS, sets=sets), env, Path(data) / "train")
+            elapsed = _timed(env, _forever(batches), steps, warmup)
             if env.main:
-                yield {"bench": "pretrain", "method": method, "arch": arch, "device": str(env.device),
-                       "processes": env.world, "batch_size": batch_size, "image_size": image_size,
-                       "precision": precision, "channels_last": channels_last, "loader": "synthetic",
-                       "mixture": mixed, "steps": steps, "pairs_per_s": round(steps * batch_size / elapsed, 1)}
-            del model, net, optimizer
+                yield {**common, "stage": "loader", "mixture": False,
+                       "pairs_per_s": round(steps * batch_size / elapsed, 1)}
+        for mixed in (False, True):
+            mix = [f"mixture.{level}.{key}={value}" for level, values in MIXTURE.items()
+                   for key, value in values.items()] if mixed else []
+            cfg = resolve(DEFAULTS, PRESETS, sets=sets + mix)
+            torch.manual_seed(0)
+            if loader == "synthetic":
+                n_data = max(K, 4 * batch_size)
+                views = [torch.randn(local, 3, image_size, image_size, device=env.device)
+                         for _ in range(2 if method == "moco" else 1)]
+                index = torch.arange(local, device=env.device) + env.rank * local
+                stream = iter(lambda: (*views, index), None)
+            else:
+                batches = PretrainBatches(cfg, env, Path(data) / "train")
+                n_data, stream = len(batches), _forever(batches)
+            model, optimizer, mixer = build_training(cfg, env, n_data=n_data)
+            net = env.wrap(model)
+            model.train()
+            elapsed = _timed(env, stream, steps, warmup,
+                             lambda v, i: training_step(cfg, net, model, optimizer, mixer, v, i))
+            if env.main:
+                yield {**common, "stage": "train", "mixture": mixed,
+                       "pairs_per_s": round(steps * batch_size / elapsed, 1)}
+            del model, net, optimizer, stream
     finally:
         env.close()
+
+
+def _write_jpeg(job):
+    """One ImageNet-like photo stand-in: a smooth colour field, texture and sensor noise, which JPEG
+    compresses about as much as a photograph (so decoding costs what it costs on ImageNet)."""
+    path, seed = job
+    rng = np.random.default_rng(seed)
+    width, height = JPEG_SHAPES[rng.integers(len(JPEG_SHAPES))]
+    low = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    mid = Image.fromarray(rng.integers(0, 256, (height // 3, width // 3, 3), dtype=np.uint8)).resize(
+        (width, height), Image.BICUBIC)
+    pixels = 0.7 * np.asarray(low, np.float32) + 0.3 * np.asarray(mid, np.float32)
+    pixels += rng.normal(0, 6, pixels.shape)
+    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="JPEG", quality=90)
+    tmp.rename(path)
+    return path.stat().st_size
+
+
+def write_jpegs(out, images, classes=10, seed=0):
+    """DIR/train/<wnid>/<wnid>_<i>.JPEG, `images` in all over `classes` ImageNet-100 classes."""
+    if images < 1 or not 1 <= classes <= len(IMAGENET100):
+        raise FlatmixError(f"--images must be at least 1 and --classes 1-{len(IMAGENET100)}")
+    jobs = []
+    for i in range(images):
+        wnid = IMAGENET100[i % classes]
+        folder = Path(out) / "train" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs.append((folder / f"{wnid}_{i}.JPEG", [seed, i]))
+    with Pool(os.cpu_count()) as pool:
+        sizes = list(tqdm(pool.imap(_write_jpeg, jobs, chunksize=16), total=images, desc="jpegs", unit="img"))
+    return {"images": images, "classes": classes, "mean_kb": round(sum(sizes) / len(sizes) / 1024, 1),
+            "out": str(out)}
 
 
 def run(args):
     for result in bench_pretrain(method=args.method, arch=args.arch, batch_size=args.batch_size,
                                  image_size=args.image_size, steps=args.steps, warmup=args.warmup,
-                                 precision=args.precision, channels_last=args.channels_last, K=args.K):
+                                 precision=args.precision, channels_last=args.channels_last, K=args.K,
+                                 device=args.device, loader=args.loader, data=args.data, workers=args.workers,
+                                 compile=args.compile):
         print(json.dumps(result), flush=True)
+
+
+def run_jpegs(args):
+    print(json.dumps(write_jpegs(args.out, args.images, classes=args.classes, seed=args.seed)))

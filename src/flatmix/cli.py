@@ -5,6 +5,7 @@ Bad input ends the command with exit status 2 and one line naming the problem, n
 
 import argparse
 import json
+import os
 import sys
 
 from flatmix import atomic
@@ -53,6 +54,11 @@ def _pretrain(args):
 def _bench(args):
     from flatmix import bench
     bench.run(args)
+
+
+def _bench_jpegs(args):
+    from flatmix import bench
+    bench.run_jpegs(args)
 
 
 def _convert(args):
@@ -199,7 +205,19 @@ def build_parser():
     b.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     b.add_argument("-K", type=int, default=65536, help="MoCo queue length (CMC: min(K, 16384))")
+    b.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA where there is one")
+    b.add_argument("--loader", choices=["synthetic", "pil", "gpu"], default="synthetic",
+                   help="synthetic: random tensors on the device; pil, gpu: the pretraining loaders on --data")
+    b.add_argument("--data", metavar="DIR", help="images in DIR/train/<class>/ (see `flatmix bench jpegs`)")
+    b.add_argument("--workers", type=int, default=min(os.cpu_count(), 16), help="loader workers per process")
+    b.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     b.set_defaults(run=_bench)
+    b = benches.add_parser("jpegs", help="write ImageNet-like JPEGs (sizes, bytes) for `bench pretrain --data`")
+    b.add_argument("--out", required=True)
+    b.add_argument("--images", type=int, default=10000)
+    b.add_argument("--classes", type=int, default=10)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(run=_bench_jpegs)
 
     p = commands.add_parser("prepare", help="check a data set and write its manifest")
     datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")

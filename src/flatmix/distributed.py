@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from flatmix.errors import FlatmixError
+
 
 def is_distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -25,9 +27,14 @@ def concat_all_gather(tensor):
 class Distributed:
     """Process group set-up: torchrun's environment when present, else a single process."""
 
-    def __init__(self):
+    def __init__(self, device=None):
+        """device: 'cuda' or 'cpu' to insist on one; None takes CUDA where there is one."""
+        if device not in (None, "cuda", "cpu"):
+            raise FlatmixError(f"device must be cuda or cpu, got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise FlatmixError("device cuda: no CUDA device is available here")
         self.enabled = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        cuda = torch.cuda.is_available()
+        cuda = torch.cuda.is_available() if device is None else device == "cuda"
         if self.enabled:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             if cuda:

@@ -17,6 +17,9 @@ DEFAULTS = {
         "root": "",          # a prepared ImageNet-100 (or ImageNet) folder with train/<wnid>/
         "image_size": 224,
         "workers": 8,        # DataLoader workers per process
+        # pil: the reference (PIL decode and torchvision transforms in the workers) | gpu: the workers read
+        # JPEG bytes, decoding and augmentation run batched on the GPU (flatmix.data.gpu_augment)
+        "loader": "pil",
     },
     "model": {"arch": "resnet50", "dim": 128},
     "moco": {"K": 16384, "m": 0.99, "T": 0.07, "mlp": False, "aug": "v1"},  # aug: v1 | v2
@@ -39,6 +42,7 @@ DEFAULTS = {
         "milestones": [120, 160, 200],
         "precision": "fp32",  # fp32 | bf16
         "channels_last": False,
+        "compile": False,       # torch.compile the encoders (fixed shapes; the first steps compile)
         "checkpoint_every": 1,  # epochs between last.pth writes
         "log_every": 10,        # steps between metrics.jsonl lines
     },

@@ -22,7 +22,7 @@ from tqdm import tqdm
 import yaml
 
 from flatmix import atomic, provenance
-from flatmix.data.augment import EpochSampler, AugmentedImages, cmc_transform, moco_transform
+from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.mixture import GlobalConfig, MixtureSampler, RegionConfig
@@ -43,6 +43,7 @@ def _validate(cfg):
         (cfg["mixture"]["views"] in ("joint", "query"), "mixture.views must be joint or query"),
         (cfg["train"]["schedule"] in ("step", "cosine"), "train.schedule must be step or cosine"),
         (cfg["train"]["precision"] in ("fp32", "bf16"), "train.precision must be fp32 or bf16"),
+        (cfg["data"]["loader"] in LOADERS, f"data.loader must be pil or gpu, got {cfg['data']['loader']!r}"),
         (not (cfg["mixture"]["unmix"] and cfg["method"] == "cmc"), "mixture.unmix is defined for MoCo only"),
         (cfg["mixture"]["global"]["n"] >= 1 and cfg["mixture"]["region"]["n"] >= 1,
          "mixture.global.n and mixture.region.n count images and must be at least 1"),
@@ -74,13 +75,18 @@ def build_model(cfg, n_data):
 
 
 def build_training(cfg, env, n_data):
-    """The model on its device (in its memory format), its SGD optimizer and this rank's mixture sampler."""
+    """The model on its device (in its memory format, its encoders compiled if asked), its SGD optimizer
+    (fused on a GPU) and this rank's mixture sampler."""
     t, mix = cfg["train"], cfg["mixture"]
     model = build_model(cfg, n_data).to(env.device)
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    if t["compile"]:
+        for encoder in model.encoders():
+            encoder.compile(dynamic=False)  # in place: the state dict keeps its keys
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
-                                momentum=t["momentum"], weight_decay=t["weight_decay"])
+                                momentum=t["momentum"], weight_decay=t["weight_decay"],
+                                fused=env.device.type == "cuda")
     mixer = MixtureSampler(GlobalConfig(**mix["global"]), RegionConfig(**mix["region"]), seed=[cfg["seed"], env.rank])
     return model, optimizer, mixer
 
@@ -188,20 +194,12 @@ def _train(cfg, out, env, force):
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
-    size = cfg["data"]["image_size"]
-    if cfg["method"] == "moco":
-        dataset = AugmentedImages(root, moco_transform(size, cfg["moco"]["aug"]), 2, cfg["seed"])
-    else:
-        dataset = AugmentedImages(root, cmc_transform(size, cfg["cmc"]["colour"]), 1, cfg["seed"])
-    sampler = EpochSampler(len(dataset), t["batch_size"], env.rank, env.world, cfg["seed"])
-    if sampler.steps_per_epoch() == 0:
-        raise FlatmixError(f"{len(dataset)} training images make no batch of train.batch_size {t['batch_size']}")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"] // env.world, sampler=sampler,
-                                         num_workers=cfg["data"]["workers"], pin_memory=env.device.type == "cuda",
-                                         drop_last=True)
+    batches = PretrainBatches(cfg, env, root)
+    if batches.steps_per_epoch() == 0:
+        raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {t['batch_size']}")
 
     torch.manual_seed(cfg["seed"])  # the same initial model, queue and memory bank on every rank
-    model, optimizer, mixer = build_training(cfg, env, len(dataset))
+    model, optimizer, mixer = build_training(cfg, env, len(batches))
     torch.manual_seed(cfg["seed"] + env.rank)  # then each rank its own stream (shuffles, negatives)
     np.random.seed(cfg["seed"] + env.rank)
     random.seed(cfg["seed"] + env.rank)
@@ -219,7 +217,7 @@ def _train(cfg, out, env, force):
                   "continuing with fresh random states", flush=True)
     net = env.wrap(model)
     stop = _StopFlag()
-    steps = sampler.steps_per_epoch()
+    steps = batches.steps_per_epoch()
     bar = tqdm(total=t["epochs"] * steps, initial=epoch * steps + start_step, disable=not env.main,
                unit="step", dynamic_ncols=True, desc="pretrain")
     metrics = open(out / "metrics.jsonl", "a") if env.main else None
@@ -239,11 +237,8 @@ def _train(cfg, out, env, force):
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, start_step)
         tick, window = time.perf_counter(), 0
-        for step, batch in enumerate(loader, start=start_step):
-            *views, index = (b.to(env.device, non_blocking=True) for b in batch)
+        for step, (*views, index) in enumerate(batches.epoch(epoch, start_step), start=start_step):
             loss = training_step(cfg, net, model, optimizer, mixer, views, index)
             window += 1
             bar.update()

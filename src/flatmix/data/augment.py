@@ -31,19 +31,21 @@ CMC_NORMALISE = {
 
 
 def rgb_to_ycbcr(rgb):
-    """[3, H, W] RGB in [0, 1] to YCbCr as scikit-image computes it (Y 16-235, Cb/Cr 16-240)."""
-    return torch.einsum("ij,jhw->ihw", _YCBCR_FROM_RGB, rgb) + _YCBCR_OFFSET.view(3, 1, 1)
+    """[..., 3, H, W] RGB in [0, 1] to YCbCr as scikit-image computes it (Y 16-235, Cb/Cr 16-240)."""
+    return (torch.einsum("ij,...jhw->...ihw", _YCBCR_FROM_RGB.to(rgb.device), rgb)
+            + _YCBCR_OFFSET.to(rgb.device).view(3, 1, 1))
 
 
 def rgb_to_lab(rgb):
-    """[3, H, W] sRGB in [0, 1] to CIE Lab (D65), as scikit-image's rgb2lab."""
+    """[..., 3, H, W] sRGB in [0, 1] to CIE Lab (D65), as scikit-image's rgb2lab."""
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     xyz_from_rgb = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
-                                 [0.019334, 0.119193, 0.950227]])
-    xyz = torch.einsum("ij,jhw->ihw", xyz_from_rgb, linear)
-    xyz = xyz / torch.tensor([0.95047, 1.0, 1.08883]).view(3, 1, 1)
+                                 [0.019334, 0.119193, 0.950227]], device=rgb.device)
+    xyz = torch.einsum("ij,...jhw->...ihw", xyz_from_rgb, linear)
+    xyz = xyz / torch.tensor([0.95047, 1.0, 1.08883], device=rgb.device).view(3, 1, 1)
     f = torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
-    return torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+    x, y, z = f.unbind(-3)
+    return torch.stack([116 * y - 16, 500 * (x - y), 200 * (y - z)], dim=-3)
 
 
 def moco_transform(size, version):
@@ -84,11 +86,15 @@ class AugmentedImages(Dataset):
 
     def __getitem__(self, index):
         image, _ = self.images[index]
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
             views = [self.transform(image) for _ in range(self.views)]
         return (*views, index)
+
+
+def sample_seed(seed, epoch, index):
+    """The seed of one sample's augmentation in one epoch (the same for the PIL and the GPU loader)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 class EpochSampler(Sampler):

@@ -27,6 +27,9 @@ class CMC(nn.Module):
         self.register_buffer("memory_l", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_ab", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
 
+    def encoders(self):
+        return [self.l_to_ab, self.ab_to_l]
+
     def embed(self, x):
         """L2-normalised embeddings of the two views of x [B, 3, H, W] (channel 0 | channels 1-2)."""
         l, ab = torch.split(x, [1, 2], dim=1)

@@ -31,11 +31,15 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
+    def encoders(self):
+        return [self.encoder_q, self.encoder_k]
+
     @torch.no_grad()
     def momentum_update(self):
         """key = m * key + (1 - m) * query, for parameters (BN buffers are the key encoder's own)."""
-        for q, k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            k.mul_(self.m).add_(q.detach(), alpha=1.0 - self.m)
+        keys = list(self.encoder_k.parameters())
+        torch._foreach_mul_(keys, self.m)
+        torch._foreach_add_(keys, list(self.encoder_q.parameters()), alpha=1.0 - self.m)
 
     @torch.no_grad()
     def enqueue(self, keys):

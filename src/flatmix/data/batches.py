@@ -1,0 +1,135 @@
+"""One rank's pretraining batches, (views on the device, index on the device), from either loader:
+
+- `pil` (the reference): workers decode with PIL and run the torchvision recipe per image.
+- `gpu`: workers read bytes and draw parameters (flatmix.data.encoded); a background thread decodes the
+  batch on the GPU and augments it there (flatmix.data.gpu_augment) on its own CUDA stream, a batch or
+  two ahead of the training step, so that this work overlaps the model's.
+
+Both draw every sample's parameters from the same (seed, epoch, index) seed, in the same order.
+"""
+
+from contextlib import nullcontext
+import queue
+import threading
+
+import torch
+from torch.utils.data import DataLoader
+
+from flatmix.data.augment import AugmentedImages, EpochSampler, cmc_transform, moco_transform
+from flatmix.data.encoded import EncodedImages, collate, decode
+from flatmix.data.gpu_augment import DeviceRecipe
+from flatmix.errors import FlatmixError
+
+LOADERS = ("pil", "gpu")
+PREFETCH = 2  # device batches made ahead of the training step
+
+
+class PretrainBatches:
+    def __init__(self, cfg, env, root):
+        method, size, loader = cfg["method"], cfg["data"]["image_size"], cfg["data"]["loader"]
+        if loader not in LOADERS:
+            raise FlatmixError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+        if method == "moco":
+            transform, views = moco_transform(size, cfg["moco"]["aug"]), 2
+        else:
+            transform, views = cmc_transform(size, cfg["cmc"]["colour"]), 1
+        if loader == "pil":
+            self.dataset = AugmentedImages(root, transform, views, cfg["seed"])
+            collate_fn, self.recipe = None, None
+        else:
+            self.recipe = DeviceRecipe(transform)
+            self.dataset = EncodedImages(root, self.recipe, views, cfg["seed"])
+            collate_fn = collate
+        batch_size = cfg["train"]["batch_size"]
+        self.sampler = EpochSampler(len(self.dataset), batch_size, env.rank, env.world, cfg["seed"])
+        self.workers, self.device = cfg["data"]["workers"], env.device
+        self.loader = DataLoader(self.dataset, batch_size=batch_size // env.world, sampler=self.sampler,
+                                 num_workers=self.workers, collate_fn=collate_fn,
+                                 pin_memory=env.device.type == "cuda", drop_last=True)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def steps_per_epoch(self):
+        return self.sampler.steps_per_epoch()
+
+    def epoch(self, epoch, start_step=0):
+        """This rank's batches of `epoch` from `start_step` on."""
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start_step)
+        batches = iter(self.loader)  # here, not in a thread: it draws its base seed from the global RNG
+        if self.recipe is None:
+            return ((*(v.to(self.device, non_blocking=True) for v in views), index.to(self.device))
+                    for *views, index in batches)
+        if self.workers == 0:  # the parameter draws would run in the thread, on the global RNG: stay here
+            return map(self._augment, batches)
+        return _Prefetcher(batches, self._augment, self.device)
+
+    def _augment(self, batch):
+        payloads, encoded, params, index = batch
+        views = self.recipe(decode(payloads, encoded, self.device), params)
+        return (*views, index.to(self.device, non_blocking=True))
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error):
+        self.error = error
+
+
+class _Prefetcher:
+    """Iterates `work(item)` over `source` computed in a background thread (on its own CUDA stream on a
+    GPU), up to PREFETCH items ahead; errors are raised in the consumer."""
+
+    def __init__(self, source, work, device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.queue = queue.Queue(PREFETCH)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(source, work), daemon=True)
+        self.thread.start()
+
+    def _produce(self, source, work):
+        try:
+            with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+                for item in source:
+                    if self.stop.is_set():
+                        return
+                    out = work(item)
+                    event = None
+                    if self.stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(self.stream)
+                    self._put((out, event))
+            self._put(_END)
+        except BaseException as e:  # noqa: B902 - handed to the consumer, which raises it
+            self._put(_Failure(e))
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        try:
+            while True:
+                item = self.queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                out, event = item
+                if event is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(event)
+                    for tensor in out:
+                        tensor.record_stream(current)  # made on the side stream, used on this one
+                yield out
+        finally:
+            self.stop.set()
+            self.thread.join()
