@@ -6,18 +6,17 @@
   draws exactly the reference's crops, jitter factors and order, grayscale, blur and flip decisions.
   It needs only the image size, so loader workers run it without decoding.
 - `__call__(images, params)`: applies those parameters to decoded images on their device, batched:
-  crop + resize of every view with one RoIAlign per group of similar-sized images, then the colour ops
+  crop + resize of every view as two batched matrix products per group of similar-sized images, then the colour ops
   with per-sample factors (jitter in each sample's own order), flip, normalisation, colour space.
 
-Where the result differs from the PIL path (the reference): RoIAlign averages bilinear samples over each
-output pixel's footprint where PIL filters with an antialiased triangle; colour ops run on floats with
-torchvision's tensor formulas (ITU-R 601 grayscale, HSV hue) where PIL rounds to 8 bits after each op.
+Where the result differs from the PIL path (the reference): nothing is rounded to 8 bits between steps,
+and the colour ops use torchvision's tensor formulas (its grayscale weights, float HSV) where PIL has its
+own integer versions; the crops are resampled with PIL's own filter.
 """
 
 import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
-from torchvision.ops import roi_align
 
 from flatmix.errors import FlatmixError
 
@@ -27,8 +26,8 @@ COLUMN = {name: i for i, name in enumerate(FIELDS)}
 _NO_JITTER = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0}
 _JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's fn_idx 0..3
 
-# Pixels (x channels) of one padded group of images for RoIAlign: bounds its transient memory (1 GiB fp32).
-GROUP_ELEMENTS = 1 << 28
+# Pixels (x channels) of one padded canvas of images: bounds the resize's transient memory.
+GROUP_ELEMENTS = 1 << 27
 
 
 class DeviceRecipe:
@@ -114,43 +113,55 @@ class DeviceRecipe:
 
 
 def crop_resize(images, boxes, size):
-    """Every view's (top, left, height, width) crop of its image, resized to `size`: [views * images, 3,
-    *size], view-major (all images' first view, then all second views).
+    """Every view's (top, left, height, width) crop of its image, resized to `size` as PIL's antialiased
+    bilinear resize does it: [views * images, 3, *size] in 0-255, view-major (all images' first view, then
+    all second views).
 
-    Images are padded into a few canvases of similar sizes (sorted by area) with one replicated row and
-    column, so that bilinear samples at a crop's edge see the edge pixel, not padding; one RoIAlign per
-    canvas (aligned pixel centres, adaptive sampling grid).
+    Resampling is linear: one weight matrix per view and axis (PIL's triangle filter, widened by the
+    downscaling factor, cut at the crop's edges), applied as two batched matrix products to canvases that
+    hold a few images of similar sizes (sorted by area). fp16 on a GPU (tensor cores; pixel values are
+    exact in it), fp32 elsewhere.
     """
     n_images, n_views, _ = boxes.shape
     device = images[0].device
-    out = torch.empty(n_images * n_views, 3, *size, device=device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    out = torch.empty(n_views, n_images, 3, *size, device=device)
     order = sorted(range(n_images), key=lambda m: images[m].shape[1] * images[m].shape[2])
     for group in _groups(order, images):
-        height = max(images[m].shape[1] for m in group) + 1
-        width = max(images[m].shape[2] for m in group) + 1
-        canvas = torch.zeros(len(group), 3, height, width, device=device)
-        rois, rows = [], []
+        height = max(images[m].shape[1] for m in group)
+        width = max(images[m].shape[2] for m in group)
+        canvas = torch.zeros(len(group), 3, height, width, device=device, dtype=dtype)
         for g, m in enumerate(group):
-            image = images[m]
-            h, w = image.shape[1:]
-            canvas[g, :, :h, :w] = image
-            canvas[g, :, h, :w] = canvas[g, :, h - 1, :w]
-            canvas[g, :, :h + 1, w] = canvas[g, :, :h + 1, w - 1]
-            for v in range(n_views):
-                top, left, crop_h, crop_w = boxes[m, v].tolist()
-                rois.append([g, left, top, left + crop_w, top + crop_h])
-                rows.append(v * n_images + m)
-        rois = torch.tensor(rois, dtype=torch.float32).to(device, non_blocking=True)
-        pooled = roi_align(canvas, rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        out.index_copy_(0, torch.tensor(rows).to(device, non_blocking=True), pooled)
-    return out
+            canvas[g, :, :images[m].shape[1], :images[m].shape[2]] = images[m]
+        top, left, crop_h, crop_w = boxes[group].to(device, non_blocking=True).unbind(-1)  # [G, V] each
+        rows = resize_weights(top, crop_h, size[0], height).to(dtype)            # [G, V, S, H]
+        cols = resize_weights(left, crop_w, size[1], width).to(dtype)            # [G, V, S, W]
+        resized = torch.matmul(rows.unsqueeze(2), canvas.unsqueeze(1))           # [G, V, 3, S, W]
+        resized = torch.matmul(resized, cols.transpose(-1, -2).unsqueeze(2))     # [G, V, 3, S, S]
+        index = torch.tensor(group).to(device, non_blocking=True)
+        out.index_copy_(1, index, resized.transpose(0, 1).float())
+    return out.view(n_views * n_images, 3, *size)
+
+
+def resize_weights(start, length, size, extent):
+    """[..., size, extent] weights of PIL's bilinear resize of pixels [start, start + length) of an axis of
+    `extent` pixels to `size` pixels: output pixel k centred at (k + 0.5) * scale in the crop, a triangle
+    of half-width max(scale, 1) pixels, pixels outside the crop weighted 0, each row normalised."""
+    start, length = start.float(), length.float()
+    scale = (length / size)[..., None, None]
+    support = scale.clamp(min=1.0)
+    centre = (torch.arange(size, device=start.device) + 0.5)[:, None] * scale          # [..., size, 1]
+    pixel = torch.arange(extent, device=start.device) - start[..., None, None]          # [..., 1, extent]
+    weights = (1.0 - ((pixel + 0.5 - centre) / support).abs()).clamp(min=0.0)
+    weights = weights * ((pixel >= 0) & (pixel < length[..., None, None]))
+    return weights / weights.sum(dim=-1, keepdim=True)
 
 
 def _groups(order, images):
     """Consecutive runs of `order` whose padded canvas stays under GROUP_ELEMENTS."""
     group, height, width = [], 0, 0
     for m in order:
-        h, w = images[m].shape[1] + 1, images[m].shape[2] + 1
+        h, w = images[m].shape[1], images[m].shape[2]
         grown = (len(group) + 1) * 3 * max(height, h) * max(width, w)
         if group and grown > GROUP_ELEMENTS:
             yield group
