@@ -49,13 +49,17 @@ def test_every_run_spec_round_trips_through_set_flags():
         cfg = resolve(DEFAULTS, {}, sets=sets)
         assert cfg["train"]["epochs"] == int(re.search(r"-e(\d+)-", name).group(1))
         assert cfg["mixture"]["global"]["n"] == spec.get("mixture", {}).get("global", {}).get("n", 1)
+        assert (cfg["data"]["loader"], cfg["data"]["workers"], cfg["train"]["compile"]) == ("gpu", 8, False)
 
 
 def test_config_values_change_the_runs():
     config = copy.deepcopy(CONFIG)
     config["experiments"]["table1"] = {"epochs": 100, "global_n": [3]}
+    config["experiments"]["pretrain"] = {"loader": "pil", "workers": 12, "compile": True}
     e = Experiments(config, "in100-ablation")
     assert "in100-moco-g3p0.5-e100-k16384" in e.pretrain_runs()
+    spec = e.pretrain_runs()["in100-moco-g3p0.5-e100-k16384"]
+    assert (spec["data"], spec["train"]["compile"]) == ({"loader": "pil", "workers": 12}, True)
     assert e.tables["table1"].rows[0][1][0].paper == 76.24  # the paper's n = 3, at any epochs
 
 

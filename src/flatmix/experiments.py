@@ -140,7 +140,9 @@ class Experiments:
         return self._add(name, spec, "imagenet1k")
 
     def _add(self, name, spec, dataset):
-        self.runs[name] = spec
+        how = _get(self.config, "experiments.pretrain")
+        self.runs[name] = _merge(spec, {"data": {"loader": how["loader"], "workers": how["workers"]},
+                                        "train": {"compile": how["compile"]}})
         self.datasets[name] = dataset
         return name
 

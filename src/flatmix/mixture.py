@@ -83,10 +83,17 @@ class MixDraw:
     def apply(self, x, decay):
         """region(global(x)), as the authors' code: region mixing on top of global mixing."""
         if self.global_partners.shape[0]:
-            x = global_mix(x, self.global_partners.to(x.device), self.global_lam)
+            x = global_mix(x, _to(self.global_partners, x.device), _to(self.global_lam, x.device))
         if self.region_partners.shape[0]:
-            x = region_mix(x, self.region_partners.to(x.device), self.region_boxes, decay)
+            x = region_mix(x, _to(self.region_partners, x.device), _to(self.region_boxes, x.device), decay)
         return x
+
+
+def _to(tensor, device):
+    """`tensor` on `device`; to a GPU through pinned memory, so that the copy does not wait for the GPU."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class MixtureSampler:
