@@ -161,6 +161,18 @@ def test_gpu_path_pixels_match_the_pil_path(jpegs, recipe):
         assert (out[v] - expected).abs().mean() < TOLERANCE[recipe], (recipe, v, (out[v] - expected).abs().mean())
 
 
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_fp16_working_precision_stays_close_to_fp32(jpegs, recipe):
+    """The GPU works in fp16 by default: the same pipeline in fp16 on CPU tensors."""
+    transform = RECIPES[recipe](64)
+    images = EncodedImages(jpegs / "train", G.DeviceRecipe(transform), 1, seed=5)
+    payloads, encoded, params, _ = collate([images[i] for i in range(8)])
+    decoded = decode(payloads, encoded, CPU)
+    half, single = images.recipe(decoded, params, torch.float16), images.recipe(decoded, params, torch.float32)
+    assert half[0].dtype == torch.float32
+    assert (half[0] - single[0]).abs().mean() < 0.005, (half[0] - single[0]).abs().mean()
+
+
 def test_colour_ops_equal_torchvisions_with_per_sample_factors():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 20, 24)

@@ -32,17 +32,17 @@ CMC_NORMALISE = {
 
 def rgb_to_ycbcr(rgb):
     """[..., 3, H, W] RGB in [0, 1] to YCbCr as scikit-image computes it (Y 16-235, Cb/Cr 16-240)."""
-    return (torch.einsum("ij,...jhw->...ihw", _YCBCR_FROM_RGB.to(rgb.device), rgb)
-            + _YCBCR_OFFSET.to(rgb.device).view(3, 1, 1))
+    return (torch.einsum("ij,...jhw->...ihw", _YCBCR_FROM_RGB.to(rgb.device, rgb.dtype), rgb)
+            + _YCBCR_OFFSET.to(rgb.device, rgb.dtype).view(3, 1, 1))
 
 
 def rgb_to_lab(rgb):
     """[..., 3, H, W] sRGB in [0, 1] to CIE Lab (D65), as scikit-image's rgb2lab."""
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     xyz_from_rgb = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
-                                 [0.019334, 0.119193, 0.950227]], device=rgb.device)
+                                 [0.019334, 0.119193, 0.950227]], device=rgb.device, dtype=rgb.dtype)
     xyz = torch.einsum("ij,...jhw->...ihw", xyz_from_rgb, linear)
-    xyz = xyz / torch.tensor([0.95047, 1.0, 1.08883], device=rgb.device).view(3, 1, 1)
+    xyz = xyz / torch.tensor([0.95047, 1.0, 1.08883], device=rgb.device, dtype=rgb.dtype).view(3, 1, 1)
     f = torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
     x, y, z = f.unbind(-3)
     return torch.stack([116 * y - 16, 500 * (x - y), 200 * (y - z)], dim=-3)
