@@ -48,10 +48,11 @@ def test_ddp_invariants_on_two_cpu_processes():
     assert result.stdout.count("DDP checks passed") == 2
 
 
-@pytest.mark.parametrize("preset", ["smoke-moco-mix", "smoke-cmc-mix"])
-def test_pretrain_under_torchrun(synth_root, tmp_path, preset):
+@pytest.mark.parametrize("preset,loader", [("smoke-moco-mix", "pil"), ("smoke-cmc-mix", "pil"),
+                                           ("smoke-moco-mix", "gpu")])
+def test_pretrain_under_torchrun(synth_root, tmp_path, preset, loader):
     args = _pretrain_args(synth_root / "imagenet", tmp_path / "run", "train.epochs=1", "model.arch=resnet_tiny",
-                          preset=preset)
+                          f"data.loader={loader}", "data.workers=1", preset=preset)
     result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "flatmix", *args],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
