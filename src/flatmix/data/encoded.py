@@ -1,9 +1,9 @@
 """The GPU loader's worker side and its decoder: workers read each image's bytes and draw its views'
 augmentation parameters; the whole batch is then decoded at once on the GPU (nvJPEG through torchvision).
 
-Only 3-channel JPEGs go to the GPU decoder (a JPEG it still refuses is decoded by PIL). What else real ImageNet holds (a PNG
-under a .JPEG name, CMYK and grayscale JPEGs: about 2% of its files) is decoded to RGB by the worker,
-through the same open_rgb as the PIL path.
+Only 3-channel JPEGs go to the GPU decoder (a JPEG it still refuses is decoded by PIL). The few other
+files real ImageNet holds (a PNG under a .JPEG name, CMYK and grayscale JPEGs) are decoded to RGB by the
+worker, through the same open_rgb as the PIL path.
 """
 
 import io

@@ -6,8 +6,9 @@
   draws exactly the reference's crops, jitter factors and order, grayscale, blur and flip decisions.
   It needs only the image size, so loader workers run it without decoding.
 - `__call__(images, params)`: applies those parameters to decoded images on their device, batched:
-  crop + resize of every view as two batched matrix products per group of similar-sized images, then the colour ops
-  with per-sample factors (jitter in each sample's own order), flip, normalisation, colour space.
+  crop + resize of every view as two batched matrix products per group of similar-sized images, then
+  the colour ops with per-sample factors (jitter in each sample's own order), grayscale, blur, flip,
+  normalisation, colour space.
 
 Where the result differs from the PIL path (the reference): nothing is rounded to 8 bits between steps,
 and the colour ops use torchvision's tensor formulas (its grayscale weights, float HSV) where PIL has its
