@@ -173,6 +173,20 @@ def test_fp16_working_precision_stays_close_to_fp32(jpegs, recipe):
     assert (half[0] - single[0]).abs().mean() < 0.005, (half[0] - single[0]).abs().mean()
 
 
+def test_ops_chosen_for_every_sample_or_none(jpegs):
+    """A batch where every view is (or no view is) grayscale, flipped, jittered: in-place ops still apply."""
+    transform = moco_transform(32, "v1")
+    images = EncodedImages(jpegs / "train", G.DeviceRecipe(transform), 1, seed=0)
+    payloads, encoded, params, _ = collate([images[i] for i in range(4)])
+    decoded = decode(payloads, encoded, CPU)
+    for value in (0.0, 1.0):
+        forced = params.clone()
+        forced[..., [G.COLUMN["grayscale"], G.COLUMN["flip"]]] = value
+        out = images.recipe(decoded, forced)[0]
+        channels_equal = torch.allclose(out[:, 0] * 0.229 + 0.485, out[:, 1] * 0.224 + 0.456, atol=1e-5)
+        assert channels_equal == bool(value) and out.is_contiguous()
+
+
 def test_colour_ops_equal_torchvisions_with_per_sample_factors():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 20, 24)

@@ -94,7 +94,7 @@ class DeviceRecipe:
         flat = params.transpose(0, 1).reshape(n_views * n_images, -1)  # view-major, as crop_resize's rows
         x = crop_resize(images, params[..., 0:4], self.size, dtype) / 255.0
         x = self._apply(self.transforms[1:], x, flat).float()
-        return list(x.view(n_views, n_images, *x.shape[1:]).unbind(0))
+        return list(x.reshape(n_views, n_images, *x.shape[1:]).unbind(0))
 
     def _apply(self, transforms, x, p):
         for t in transforms:
@@ -178,12 +178,12 @@ def _groups(order, images):
 def _on(x, chosen, op):
     """x (in place) with op applied to the samples where `chosen` (a CPU bool vector) is true."""
     index = chosen.nonzero().flatten()
-    if len(index) == 0:
-        return x
     if len(index) == len(x):
-        return op(x)
-    index = index.to(x.device, non_blocking=True)
-    return x.index_copy_(0, index, op(x.index_select(0, index)))
+        return x.copy_(op(x))
+    if len(index):
+        index = index.to(x.device, non_blocking=True)
+        x.index_copy_(0, index, op(x.index_select(0, index)))
+    return x
 
 
 def grayscale(x):
