@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; none on this machine")]
 
 BIN = Path(sys.executable).parent
-R50 = ["--arch", "resnet50", "--batch-size", "256", "--steps", "30", "--precision", "bf16", "-K", "65536"]
+R50 = ["--arch", "resnet50", "--batch-size", "256", "--steps", "20", "--precision", "bf16", "-K", "65536"]
 
 
 @pytest.fixture(scope="module")
