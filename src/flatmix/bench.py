@@ -18,7 +18,7 @@ from PIL import Image
 import torch
 from tqdm import tqdm
 
-from flatmix.data.batches import PretrainBatches
+from flatmix.data.batches import LOADERS as DATA_LOADERS, PretrainBatches
 from flatmix.data.classes import IMAGENET100
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
@@ -28,7 +28,7 @@ from flatmix.runconfig import resolve
 
 # The full method of Table 5 (global n = 4 and region n = 5 with decay 0.2, p = 0.5).
 MIXTURE = {"global": {"n": 4, "p": 0.5, "alpha": 1.0}, "region": {"n": 5, "p": 0.5, "beta": 1.0, "decay": 0.2}}
-LOADERS = ("synthetic", "pil", "gpu")
+LOADERS = ("synthetic", *DATA_LOADERS)
 
 # ImageNet's most common image shapes (width, height). At quality 90 the files come out near 78 KB, like
 # the ~75 KB JPEGs behind the loader measurements in the design notes.

@@ -43,7 +43,7 @@ def _validate(cfg):
         (cfg["mixture"]["views"] in ("joint", "query"), "mixture.views must be joint or query"),
         (cfg["train"]["schedule"] in ("step", "cosine"), "train.schedule must be step or cosine"),
         (cfg["train"]["precision"] in ("fp32", "bf16"), "train.precision must be fp32 or bf16"),
-        (cfg["data"]["loader"] in LOADERS, f"data.loader must be pil or gpu, got {cfg['data']['loader']!r}"),
+        (cfg["data"]["loader"] in LOADERS, f"data.loader must be one of {', '.join(LOADERS)}, got {cfg['data']['loader']!r}"),
         (not (cfg["mixture"]["unmix"] and cfg["method"] == "cmc"), "mixture.unmix is defined for MoCo only"),
         (cfg["mixture"]["global"]["n"] >= 1 and cfg["mixture"]["region"]["n"] >= 1,
          "mixture.global.n and mixture.region.n count images and must be at least 1"),

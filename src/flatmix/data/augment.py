@@ -11,6 +11,8 @@ Each sample's random parameters come from a generator seeded by (seed, epoch, in
 run sees exactly the crops an uninterrupted run would, whatever the number of loader workers.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -86,15 +88,18 @@ class AugmentedImages(Dataset):
 
     def __getitem__(self, index):
         image, _ = self.images[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+        with sample_rng(self.seed, self.epoch, index):
             views = [self.transform(image) for _ in range(self.views)]
         return (*views, index)
 
 
-def sample_seed(seed, epoch, index):
-    """The seed of one sample's augmentation in one epoch (the same for the PIL and the GPU loader)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+@contextmanager
+def sample_rng(seed, epoch, index):
+    """torch's global RNG seeded for one sample's augmentation in one epoch, restored afterwards: the
+    PIL and the GPU loader draw that sample's parameters under it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]))
+        yield
 
 
 class EpochSampler(Sampler):

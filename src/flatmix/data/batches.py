@@ -18,22 +18,19 @@ from torch.utils.data import DataLoader
 from flatmix.data.augment import AugmentedImages, EpochSampler, cmc_transform, moco_transform
 from flatmix.data.encoded import EncodedImages, collate, decode
 from flatmix.data.gpu_augment import DeviceRecipe
-from flatmix.errors import FlatmixError
 
-LOADERS = ("pil", "gpu")
+LOADERS = ("pil", "gpu")  # data.loader; pretrain checks the config against it
 PREFETCH = 2  # device batches made ahead of the training step
 
 
 class PretrainBatches:
     def __init__(self, cfg, env, root):
-        method, size, loader = cfg["method"], cfg["data"]["image_size"], cfg["data"]["loader"]
-        if loader not in LOADERS:
-            raise FlatmixError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+        method, size = cfg["method"], cfg["data"]["image_size"]
         if method == "moco":
             transform, views = moco_transform(size, cfg["moco"]["aug"]), 2
         else:
             transform, views = cmc_transform(size, cfg["cmc"]["colour"]), 1
-        if loader == "pil":
+        if cfg["data"]["loader"] == "pil":
             self.dataset = AugmentedImages(root, transform, views, cfg["seed"])
             collate_fn, self.recipe = None, None
         else:

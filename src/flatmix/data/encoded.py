@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
-from flatmix.data.augment import sample_seed
+from flatmix.data.augment import sample_rng
 from flatmix.data.loading import image_folder, open_rgb
 from flatmix.errors import FlatmixError
 
@@ -48,8 +48,7 @@ class EncodedImages(Dataset):
             payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         else:
             payload = pil_to_tensor(open_rgb(path))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+        with sample_rng(self.seed, self.epoch, index):
             params = torch.stack([self.recipe.draw(height, width) for _ in range(self.views)])
         return payload, encoded, params, index
 
