@@ -84,10 +84,15 @@ def test_sigkill_after_first_epoch_then_restart_is_bitwise_identical(synth_root,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "checkpoint.pth").exists()
-    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] >= 1
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert last["epoch"] >= 1
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # what a kill leaves: steps past last.pth, a torn line
+        f.write(json.dumps({"epoch": last["epoch"], "step": 1, "loss": 9.0}) + '\n{"epoch": 2, "st')
     result = run_flatmix(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_weights(tmp_path / "checkpoint.pth", uninterrupted / "checkpoint.pth")
+    steps = [(r["epoch"], r["step"]) for r in _losses(tmp_path)]
+    assert steps == [(r["epoch"], r["step"]) for r in _losses(uninterrupted)]  # each step once
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(synth_root, tmp_path, uninterrupted):

@@ -1,14 +1,17 @@
 """The `flatmix` command: one subcommand per pipeline step; every Snakemake rule calls one of them.
 
-Bad input ends the command with exit status 2 and one line naming the problem, never a traceback.
+Bad input ends the command with exit status 2 and one line naming the problem, never a traceback: a
+wrong flag or an out-of-range number before any work starts, an unreadable or unwritable path (a
+read-only or full disk) when it is met. No output may land on an input (flatmix.paths).
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 
-from flatmix import atomic
+from flatmix import atomic, paths
 from flatmix.errors import FlatmixError
 
 
@@ -30,6 +33,8 @@ def _prepare(args):
             from flatmix.data.voc import check
         else:
             from flatmix.data.coco import check
+        paths.output_folder("--out", args.out)
+        paths.refuse_overlap({"--out": args.out}, {"--root": args.root})
         manifest = check(args.root)
         atomic.write_json(f"{args.out}/manifest.json", manifest)
     summary = {k: v for k, v in manifest.items() if k != "per_class"}
@@ -48,6 +53,8 @@ def _pretrain(args):
     if args.out is None:
         raise FlatmixError("pretrain needs --out DIR")
     cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set)
+    paths.output_folder("--out", args.out)
+    paths.refuse_overlap({"--out": args.out}, {"--config": args.config, "data.root": cfg["data"]["root"] or None})
     print(json.dumps(pretrain.run(cfg, args.out, force=args.force)))
 
 
@@ -58,16 +65,21 @@ def _bench(args):
 
 def _bench_jpegs(args):
     from flatmix import bench
+    paths.output_folder("--out", args.out)
     bench.run_jpegs(args)
 
 
 def _convert(args):
     from flatmix.convert import convert
+    paths.output_file("--out", args.out)
+    paths.refuse_overlap({"--out": args.out}, {"the checkpoint": args.src})
     print(json.dumps(convert(args.src, args.to, args.out, args.view or "")))
 
 
 def _linear(args):
     from flatmix.linear import run
+    paths.output_folder("--out", args.out)
+    paths.refuse_overlap({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
     metrics = run(args.backbone, args.data, args.out, epochs=args.epochs, lr=args.lr, milestones=args.milestones,
                   batch_size=args.batch_size, weight_decay=args.weight_decay, image_size=args.image_size,
                   workers=args.workers, seed=args.seed)
@@ -76,12 +88,18 @@ def _linear(args):
 
 def _flatness(args):
     from flatmix.flatness import run
+    paths.output_folder("--out", args.out)
+    paths.refuse_overlap({"--out": args.out}, {"--data": args.data,
+                                               **{f"--backbone {b}": b.partition("=")[2] for b in args.backbone}})
     print(json.dumps(run(args.backbone, args.data, args.out, image_size=args.image_size,
                          batch_size=args.batch_size, workers=args.workers)))
 
 
 def _detect(args):
     from flatmix.detect.runner import run
+    paths.output_folder("--out", args.out)
+    paths.refuse_overlap({"--out": args.out}, {"--data": args.data,
+                                               "--backbone": None if args.backbone == "random" else args.backbone})
     print(json.dumps(run(args.task, args.backbone, args.data, args.bn, args.out, scale=args.scale,
                          dry_run=args.dry_run)))
 
@@ -95,29 +113,64 @@ def _plan(args):
 
 
 def _report(args):
-    from flatmix.report import run
+    from flatmix.report import REPORT_FILES, run
+    paths.output_folder("--out", args.out)
+    paths.refuse_overlap({f"--out {name}": os.path.join(args.out, name) for name in REPORT_FILES},
+                         {"--config": args.config})
     print(json.dumps(run(args.config, args.results, args.out)))
 
 
 def _int_list(text):
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,40,50, got {text!r}") from None
+        values = [-1]
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 30,40,50, got {text!r}")
+    return values
+
+
+def _at_least(low, kind=int):
+    """An argparse type: a number of `kind` (finite) that is at least `low`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} "
+                                             f">= {low}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
+
+
+def _above_zero(text):
+    value = _at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): `flatmix linear: error: ...`."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="flatmix", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="flatmix", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("synth", help="write the embedded data set (ImageNet, VOC, COCO formats)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64, help="ImageNet image side; detection images are 2-4x")
-    p.add_argument("--train-per-class", type=int, default=8)
-    p.add_argument("--val-per-class", type=int, default=4)
-    p.add_argument("--voc-images", type=int, default=16, help="images per VOC split")
-    p.add_argument("--coco-images", type=int, default=16, help="images per COCO split")
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--size", type=_at_least(16), default=64, help="ImageNet image side; detection images are 2-4x")
+    p.add_argument("--train-per-class", type=_at_least(1), default=8)
+    p.add_argument("--val-per-class", type=_at_least(1), default=4)
+    p.add_argument("--voc-images", type=_at_least(1), default=16, help="images per VOC split")
+    p.add_argument("--coco-images", type=_at_least(1), default=16, help="images per COCO split")
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("pretrain", help="one MoCo or CMC pretraining run (CPU, or under torchrun)")
@@ -142,14 +195,14 @@ def build_parser():
     p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads")
     p.add_argument("--data", required=True, help="a prepared data set with train/ and val/ class folders")
     p.add_argument("--out", required=True, help="folder for metrics.json, linear.pth and last.pth")
-    p.add_argument("--epochs", type=int, help="default: the protocol's (ImageNet-100 60, ImageNet-1K 100)")
-    p.add_argument("--lr", type=float, help="default: the protocol's (ImageNet-100 10, ImageNet-1K 30)")
+    p.add_argument("--epochs", type=_at_least(1), help="default: the protocol's (ImageNet-100 60, ImageNet-1K 100)")
+    p.add_argument("--lr", type=_above_zero, help="default: the protocol's (ImageNet-100 10, ImageNet-1K 30)")
     p.add_argument("--milestones", type=_int_list, help="epochs of x0.1, e.g. 30,40,50 (default: the protocol's)")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (default: %(default)s)")
+    p.add_argument("--weight-decay", type=_at_least(0.0, float), default=0.0)
+    p.add_argument("--image-size", type=_at_least(16), default=224)
+    p.add_argument("--workers", type=_at_least(0), default=8)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.set_defaults(run=_linear)
 
     p = commands.add_parser("flatness", help="Figure 5: sorted softmax of the final layer, per backbone")
@@ -157,9 +210,9 @@ def build_parser():
                    help="a named checkpoint (repeat for each curve)")
     p.add_argument("--data", required=True, help="a prepared data set with val/ class folders")
     p.add_argument("--out", required=True, help="folder for flatness.png and flatness.json")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--image-size", type=_at_least(16), default=224)
+    p.add_argument("--batch-size", type=_at_least(1), default=256)
+    p.add_argument("--workers", type=_at_least(0), default=8)
     p.set_defaults(run=_flatness)
 
     p = commands.add_parser("detect", help="fine-tune and evaluate a detector with mmdetection")
@@ -184,7 +237,7 @@ def build_parser():
                             ("--probe-images-per-s", "linear probe images/s per GPU"),
                             ("--faster-rcnn-s-per-iter", "Faster R-CNN/RetinaNet s per 2-image iteration"),
                             ("--mask-rcnn-s-per-iter", "Mask R-CNN s per 2-image iteration")):
-        p.add_argument(flag, type=float, help=help_text + " (default: the measured figure)")
+        p.add_argument(flag, type=_above_zero, help=help_text + " (default: the measured figure)")
     p.set_defaults(run=_plan)
 
     p = commands.add_parser("report", help="Markdown + HTML report: every table beside the paper, figures, provenance")
@@ -198,25 +251,25 @@ def build_parser():
     b = benches.add_parser("pretrain", help="pretraining step pairs/s, with and without the mixtures")
     b.add_argument("--method", choices=["moco", "cmc"], default="moco")
     b.add_argument("--arch", default="resnet50")
-    b.add_argument("--batch-size", type=int, default=256, help="global batch (split over torchrun processes)")
-    b.add_argument("--image-size", type=int, default=224)
-    b.add_argument("--steps", type=int, default=20)
-    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (split over torchrun processes)")
+    b.add_argument("--image-size", type=_at_least(16), default=224)
+    b.add_argument("--steps", type=_at_least(1), default=20)
+    b.add_argument("--warmup", type=_at_least(0), default=5)
     b.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    b.add_argument("-K", type=int, default=65536, help="MoCo queue length (CMC: min(K, 16384))")
+    b.add_argument("-K", type=_at_least(1), default=65536, help="MoCo queue length (CMC: min(K, 16384))")
     b.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA where there is one")
     b.add_argument("--loader", choices=["synthetic", "pil", "gpu"], default="synthetic",
                    help="synthetic: random tensors on the device; pil, gpu: the pretraining loaders on --data")
     b.add_argument("--data", metavar="DIR", help="images in DIR/train/<class>/ (see `flatmix bench jpegs`)")
-    b.add_argument("--workers", type=int, default=min(os.cpu_count(), 16), help="loader workers per process")
+    b.add_argument("--workers", type=_at_least(0), default=min(os.cpu_count(), 16), help="loader workers per process")
     b.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     b.set_defaults(run=_bench)
     b = benches.add_parser("jpegs", help="write ImageNet-like JPEGs (sizes, bytes) for `bench pretrain --data`")
     b.add_argument("--out", required=True)
-    b.add_argument("--images", type=int, default=10000)
-    b.add_argument("--classes", type=int, default=10)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--images", type=_at_least(1), default=10000)
+    b.add_argument("--classes", type=_at_least(1), default=10)
+    b.add_argument("--seed", type=_at_least(0), default=0)
     b.set_defaults(run=_bench_jpegs)
 
     p = commands.add_parser("prepare", help="check a data set and write its manifest")
@@ -244,6 +297,10 @@ def main(argv=None):
         args.run(args)
     except FlatmixError as e:
         print(f"flatmix: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a path met during the work: read-only, full, vanished, not a folder
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"flatmix: error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("flatmix: interrupted", file=sys.stderr)

@@ -48,6 +48,43 @@ DEFAULTS = {
     },
 }
 
+
+def _obj(**properties):
+    return {"type": "object", "additionalProperties": False, "required": list(properties), "properties": properties}
+
+
+def _int(low):
+    return {"type": "integer", "minimum": low}
+
+
+def _num(low, high=None, above=False):
+    """A number in [low, high] (with `above`, strictly greater than low)."""
+    bound = {"exclusiveMinimum": low} if above else {"minimum": low}
+    return {"type": "number", **bound, **({"maximum": high} if high is not None else {})}
+
+
+# Every key's type and range (JSON schema), checked before any work starts (flatmix.pretrain). The
+# architectures and loaders are listed where they are defined (flatmix.models.resnet, flatmix.data.batches).
+SCHEMA = _obj(
+    method={"enum": ["moco", "cmc"]},
+    seed=_int(0) | {"maximum": 2**31 - 1},
+    data=_obj(root={"type": "string"}, image_size=_int(16), workers=_int(0), loader={"type": "string"}),
+    model=_obj(arch={"type": "string"}, dim=_int(1)),
+    moco=_obj(K=_int(1), m=_num(0, 1), T=_num(0, above=True), mlp={"type": "boolean"}, aug={"enum": ["v1", "v2"]}),
+    cmc=_obj(K=_int(1), T=_num(0, above=True), momentum=_num(0, 1), colour={"enum": ["YCbCr", "Lab"]}),
+    mixture=_obj(
+        views={"enum": ["joint", "query"]}, unmix={"type": "boolean"},
+        **{"global": _obj(n=_int(1), p=_num(0, 1), alpha=_num(0, above=True))},
+        region=_obj(n=_int(1), p=_num(0, 1), beta=_num(0, above=True), decay=_num(0, 1)),
+    ),
+    train=_obj(
+        epochs=_int(1), batch_size=_int(1), lr=_num(0, above=True), momentum=_num(0, 1), weight_decay=_num(0),
+        schedule={"enum": ["step", "cosine"]}, milestones={"type": "array", "items": _int(1)},
+        precision={"enum": ["fp32", "bf16"]}, channels_last={"type": "boolean"}, compile={"type": "boolean"},
+        checkpoint_every=_int(1), log_every=_int(1),
+    ),
+)
+
 # The paper's runs train in bf16 autocast with channels_last (about 2x the fp32 throughput on an H100);
 # `--set train.precision=fp32` gives the authors' fp32.
 _GPU = {"precision": "bf16", "channels_last": True}

@@ -16,6 +16,7 @@ import random
 import signal
 import time
 
+import jsonschema
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -28,6 +29,8 @@ from flatmix.errors import FlatmixError
 from flatmix.mixture import GlobalConfig, MixtureSampler, RegionConfig
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
+from flatmix.models.resnet import ARCHS
+from flatmix.presets import SCHEMA
 from flatmix.runconfig import flatten
 
 PREEMPTED_EXIT = 143
@@ -35,18 +38,19 @@ CHECKPOINT_FORMAT = "flatmix-pretrain/1"
 
 
 def _validate(cfg):
+    """The run spec against its schema (every key's type and range), then what depends on several keys."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FlatmixError(f"run spec: {key} must be a finite number, got {value}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SCHEMA).iter_errors(cfg))
+    if error is not None:
+        key = ".".join(map(str, error.absolute_path)) or "the run spec"
+        raise FlatmixError(f"run spec: {key}: {error.message}")
     checks = [
-        (cfg["method"] in ("moco", "cmc"), f"method must be moco or cmc, got {cfg['method']!r}"),
         (bool(cfg["data"]["root"]), "data.root is not set (a prepared ImageNet-100 folder)"),
-        (cfg["moco"]["aug"] in ("v1", "v2"), f"moco.aug must be v1 or v2, got {cfg['moco']['aug']!r}"),
-        (cfg["cmc"]["colour"] in ("YCbCr", "Lab"), f"cmc.colour must be YCbCr or Lab, got {cfg['cmc']['colour']!r}"),
-        (cfg["mixture"]["views"] in ("joint", "query"), "mixture.views must be joint or query"),
-        (cfg["train"]["schedule"] in ("step", "cosine"), "train.schedule must be step or cosine"),
-        (cfg["train"]["precision"] in ("fp32", "bf16"), "train.precision must be fp32 or bf16"),
+        (cfg["model"]["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {cfg['model']['arch']!r}"),
         (cfg["data"]["loader"] in LOADERS, f"data.loader must be one of {', '.join(LOADERS)}, got {cfg['data']['loader']!r}"),
         (not (cfg["mixture"]["unmix"] and cfg["method"] == "cmc"), "mixture.unmix is defined for MoCo only"),
-        (cfg["mixture"]["global"]["n"] >= 1 and cfg["mixture"]["region"]["n"] >= 1,
-         "mixture.global.n and mixture.region.n count images and must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -158,6 +162,35 @@ def _load_last(path, cfg, force):
     return state
 
 
+def _finished(out, state, epochs):
+    """The summary of a run that is already complete (its last.pth at the final epoch, its checkpoint and
+    summary written), so that a rerun leaves it untouched; None otherwise."""
+    summary = out / "summary.json"
+    if state is None or state["epoch"] < epochs or not (out / "checkpoint.pth").is_file() or not summary.is_file():
+        return None
+    try:
+        return json.loads(summary.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _trim_metrics(path, epoch, step):
+    """Keep the metrics lines up to the resume point (epoch, step done), so that each step appears once;
+    lines after it (logged before a kill, then trained again) and a torn last line are dropped."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            done = (entry["epoch"], entry["step"]) <= (epoch, step)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if done:
+            kept.append(line + "\n")
+    atomic.write_text(path, "".join(kept))
+
+
 class _StopFlag:
     """Set by SIGTERM/SIGUSR1: the loop saves last.pth after the current step and exits."""
 
@@ -190,9 +223,15 @@ def _train(cfg, out, env, force):
         raise FlatmixError(f"data.root: {root} is not a folder of class folders")
     last = out / "last.pth"
     state = _load_last(last, cfg, force) if last.exists() else None
+    finished = _finished(out, state, t["epochs"])
+    if finished is not None:
+        if env.main:
+            print(f"pretrain: {out} is already complete; nothing to do", flush=True)
+        return {k: v for k, v in finished.items() if k != "provenance"}
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        _trim_metrics(out / "metrics.jsonl", *((state["epoch"], state["step"]) if state else (0, 0)))
 
     batches = PretrainBatches(cfg, env, root)
     if batches.steps_per_epoch() == 0:
@@ -203,12 +242,12 @@ def _train(cfg, out, env, force):
     torch.manual_seed(cfg["seed"] + env.rank)  # then each rank its own stream (shuffles, negatives)
     np.random.seed(cfg["seed"] + env.rank)
     random.seed(cfg["seed"] + env.rank)
-    epoch, start_step, earlier_s = 0, 0, 0.0
+    epoch, start_step, earlier_s, loss_value = 0, 0, 0.0, None
     started = time.time()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        epoch, start_step = state["epoch"], state["step"]
+        epoch, start_step, loss_value = state["epoch"], state["step"], state.get("loss")
         earlier_s = state.get("wall_time_s", 0.0)  # time spent before pre-emptions
         if len(state["rng"]) == env.world:
             _set_rng_state(state["rng"][env.rank], mixer)
@@ -225,13 +264,11 @@ def _train(cfg, out, env, force):
     def save_last(epoch, step):
         rng = env.gather(_rng_state(mixer))
         if env.main:
-            with atomic.atomic_path(last) as tmp:
-                torch.save({"config": cfg, "epoch": epoch, "step": step, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "rng": rng,
-                            "wall_time_s": earlier_s + time.time() - started}, tmp)
+            atomic.write_torch(last, {"config": cfg, "epoch": epoch, "step": step, "model": model.state_dict(),
+                                      "optimizer": optimizer.state_dict(), "rng": rng, "loss": loss_value,
+                                      "wall_time_s": earlier_s + time.time() - started})
         env.barrier()
 
-    loss_value = float("nan")
     while epoch < t["epochs"]:
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
@@ -268,8 +305,8 @@ def _train(cfg, out, env, force):
               "wall_time_s": round(earlier_s + time.time() - started, 1)}
     if env.main:
         atomic.write_json(out / "summary.json", {**result, "provenance": provenance.collect()})
-        with atomic.atomic_path(out / "checkpoint.pth") as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, "method": cfg["method"], "arch": cfg["model"]["arch"],
-                        "config": cfg, "state_dict": model.state_dict()}, tmp)
+        atomic.write_torch(out / "checkpoint.pth", {"format": CHECKPOINT_FORMAT, "method": cfg["method"],
+                                                    "arch": cfg["model"]["arch"], "config": cfg,
+                                                    "state_dict": model.state_dict()})
         metrics.close()
     return result

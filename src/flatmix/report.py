@@ -154,8 +154,11 @@ def build_view(experiments, results, config_path):
     }
 
 
+REPORT_FILES = ("report.md", "report.html", "figure4.png")
+
+
 def run(config_path, results_dir, out):
-    """Write OUT/report.md, OUT/report.html and OUT/figure4.png; returns a summary."""
+    """Write OUT/report.md, OUT/report.html and OUT/figure4.png (REPORT_FILES); returns a summary."""
     config = load_config(config_path)
     experiments = Experiments(config)
     results = Results(results_dir)

@@ -6,6 +6,7 @@ must exist in DEFAULTS and keep its type, and a wrong key is refused with the ne
 
 import difflib
 import json
+import os
 import shlex
 
 import yaml
@@ -35,15 +36,35 @@ def unflatten(flat):
     return tree
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without aliases: an alias bomb (a few lines that expand to billions of nodes) is refused."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a flatmix config",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_mapping(path):
-    """A YAML file of keys and values (empty: none); one-line errors for an unreadable or malformed file."""
+    """A YAML file of keys and values (empty: none); one-line errors for an unreadable, oversized (over
+    MAX_CONFIG_BYTES), non-UTF-8, aliased, too deeply nested or malformed file."""
     try:
-        with open(path) as f:
-            tree = yaml.safe_load(f) or {}
+        if os.stat(path).st_size > MAX_CONFIG_BYTES:
+            raise FlatmixError(f"config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file")
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.load(f, Loader=_PlainLoader) or {}
     except OSError as e:
         raise FlatmixError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise FlatmixError(f"config {path} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise FlatmixError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise FlatmixError(f"config {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise FlatmixError(f"config {path} is not valid YAML: nested too deeply") from None
     if not isinstance(tree, dict):
         raise FlatmixError(f"config {path} must be a mapping of keys to values")
     return tree

@@ -9,9 +9,8 @@ images (by suffix) and hidden files are skipped. Nothing is ever written into th
 import csv
 import os
 from pathlib import Path
-import shutil
 
-from flatmix import atomic
+from flatmix import atomic, paths
 from flatmix.data.classes import WNID, read_class_list
 from flatmix.errors import FlatmixError
 
@@ -43,16 +42,21 @@ def _locate(root):
 def _val_from_solution(val, solution):
     """{wnid: [image paths]} of a flat val/ folder, from the first label of each LOC_val_solution.csv row."""
     by_class = {}
-    with open(solution, newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if header is None or header[:2] != ["ImageId", "PredictionString"]:
-            raise FlatmixError(f"{solution}: expected the header 'ImageId,PredictionString'")
-        for line, row in enumerate(rows, start=2):
-            if len(row) < 2 or not row[1].split():
-                raise FlatmixError(f"{solution}:{line}: no label for {row[0] if row else 'this row'}")
-            wnid = row[1].split()[0]
-            by_class.setdefault(wnid, []).append(row[0])
+    try:
+        with open(solution, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise FlatmixError(f"{solution}: not UTF-8 text (byte {e.start})") from None
+    except (OSError, csv.Error) as e:
+        raise FlatmixError(f"{solution}: cannot read it ({e})") from None
+    if not rows or rows[0][:2] != ["ImageId", "PredictionString"]:
+        raise FlatmixError(f"{solution}: expected the header 'ImageId,PredictionString'")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 2 or not row[1].split():
+            raise FlatmixError(f"{solution}:{line}: no label for {row[0] if row else 'this row'}")
+        if not WNID.match(row[1].split()[0]) or "/" in row[0] or row[0].startswith("."):
+            raise FlatmixError(f"{solution}:{line}: {row[0]!r} labelled {row[1].split()[0]!r} is not an image id and wnid")
+        by_class.setdefault(row[1].split()[0], []).append(row[0])
     found = {}
     for wnid, ids in by_class.items():
         paths = []
@@ -100,15 +104,19 @@ def _collect(train, val, solutions, wnids):
     return found, "folders" if val_images is None else "flat"
 
 
+PREPARED_ENTRIES = ("train", "val", "manifest.json", ".staging")
+
+
 def prepare(imagenet_root, out, class_list=None, every_class=False):
     """Build O/train/<wnid>, O/val/<wnid> (symlinks) and O/manifest.json; returns the manifest.
 
     The classes are the class list's (default: ImageNet-100), or with `every_class` all of train/ (ImageNet-1K).
+    `out` must be new, empty or an earlier output of this command (flatmix.paths.claim_folder), and neither
+    inside nor around the ImageNet root; a rerun replaces only its own symlink trees.
     """
+    command = "prepare imagenet1k" if every_class else "prepare imagenet100"
     source = Path(imagenet_root).resolve()
-    out = Path(out).resolve()
-    if out == source or source in out.parents:
-        raise FlatmixError(f"--out {out} is inside the ImageNet root {source}; choose a folder outside it")
+    paths.refuse_overlap({"--out": out}, {"--imagenet-root": imagenet_root})
     train, val, solutions = _locate(source)
     if every_class:
         wnids = sorted(p.name for p in train.iterdir() if WNID.match(p.name) and p.is_dir())
@@ -117,19 +125,19 @@ def prepare(imagenet_root, out, class_list=None, every_class=False):
     else:
         wnids = read_class_list(class_list)
     found, val_layout = _collect(train, val, solutions, wnids)
+    out = paths.claim_folder(Path(out).resolve(), command, PREPARED_ENTRIES)
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     staging = out / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    paths.remove_links_tree(staging)
     for split, classes in found.items():
-        for wnid, paths in classes.items():
+        for wnid, files in classes.items():
             folder = staging / split / wnid
             folder.mkdir(parents=True)
-            for path in paths:
+            for path in files:
                 os.symlink(path.resolve(), folder / path.name)
     for split in ("train", "val"):
-        shutil.rmtree(out / split, ignore_errors=True)
+        paths.remove_links_tree(out / split)
         (staging / split).rename(out / split)
     staging.rmdir()
 

@@ -13,7 +13,6 @@ a grayscale JPEG) so that the loader is exercised on them.
 import json
 import math
 from pathlib import Path
-import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from flatmix import atomic
+from flatmix import atomic, paths
 from flatmix.data.classes import COCO_CATEGORIES, IMAGENET100, IMAGENET_OTHER, VOC_CLASSES
 from flatmix.errors import FlatmixError
 
@@ -286,6 +285,9 @@ def write_coco(out, seed, size, images):
     return {"images_per_split": images}
 
 
+SYNTH_ENTRIES = ("imagenet", "VOCdevkit", "coco", "synth.json")
+
+
 def synthesise(out, seed=0, size=64, train_per_class=8, val_per_class=4, voc_images=16, coco_images=16):
     """Write the whole embedded data set under `out`; DIR/synth.json, written last, marks it complete."""
     for name, value in (("--size", size), ("--train-per-class", train_per_class),
@@ -295,10 +297,10 @@ def synthesise(out, seed=0, size=64, train_per_class=8, val_per_class=4, voc_ima
             raise FlatmixError(f"{name} must be at least 1, got {value}")
     if size < 16:
         raise FlatmixError(f"--size must be at least 16 pixels, got {size}")
-    out = Path(out)
+    out = paths.claim_folder(out, "synth", SYNTH_ENTRIES)
     (out / "synth.json").unlink(missing_ok=True)
-    for part in ("imagenet", "VOCdevkit", "coco"):  # a rerun replaces, never mixes with, old files
-        shutil.rmtree(out / part, ignore_errors=True)
+    for part in SYNTH_ENTRIES[:3]:  # a rerun replaces, never mixes with, old files
+        paths.remove_owned_tree(out, part)
     summary = {"seed": seed, "size": size,
                "imagenet": write_imagenet(out, seed, size, train_per_class, val_per_class),
                "voc": write_voc(out, seed, size, voc_images),
