@@ -155,10 +155,10 @@ def test_voc_split_naming_a_missing_image(voc_copy, tmp_path):
 def test_voc_missing_split_and_bad_class(voc_copy, tmp_path):
     xml = voc_copy / "VOC2012" / "Annotations" / "2012_000002.xml"
     xml.write_text(xml.read_text().replace("<name>", "<name>x", 1))
-    assert_one_line_error(run_flatmix("prepare", "voc", "--root", voc_copy, "--out", tmp_path),
+    assert_one_line_error(run_flatmix("prepare", "voc", "--root", voc_copy, "--out", tmp_path / "m"),
                           "2012_000002.xml", "not one of the 20 VOC classes")
     (voc_copy / "VOC2007" / "ImageSets" / "Main" / "test.txt").unlink()
-    assert_one_line_error(run_flatmix("prepare", "voc", "--root", voc_copy, "--out", tmp_path), "test.txt")
+    assert_one_line_error(run_flatmix("prepare", "voc", "--root", voc_copy, "--out", tmp_path / "m"), "test.txt")
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_coco_missing_image_and_dangling_ids(coco_copy, tmp_path):
     doc = json.loads((coco_copy / "annotations" / "instances_train2017.json").read_text())
     first = doc["images"][0]["file_name"]
     (coco_copy / "train2017" / first).unlink()
-    assert_one_line_error(run_flatmix("prepare", "coco", "--root", coco_copy, "--out", tmp_path), first)
+    assert_one_line_error(run_flatmix("prepare", "coco", "--root", coco_copy, "--out", tmp_path / "m"), first)
     doc["annotations"][0]["category_id"] = 12  # a gap in COCO's ids
     (coco_copy / "annotations" / "instances_train2017.json").write_text(json.dumps(doc))
-    assert_one_line_error(run_flatmix("prepare", "coco", "--root", coco_copy, "--out", tmp_path), "category id 12")
+    assert_one_line_error(run_flatmix("prepare", "coco", "--root", coco_copy, "--out", tmp_path / "m"), "category id 12")

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
-from flatmix.data.loading import image_folder
+from flatmix.data.loading import SkipUnreadable, image_folder, open_rgb
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -74,10 +74,12 @@ def cmc_transform(size, colour):
 
 class AugmentedImages(Dataset):
     """Training images as (views..., index), each view augmented with parameters seeded by (seed, epoch,
-    index): two views for MoCo, one colour tensor for CMC and the linear probe."""
+    index): two views for MoCo, one colour tensor for CMC and the linear probe. A file that does not
+    decode is passed over for the next readable one (SkipUnreadable), under the same seed."""
 
     def __init__(self, root, transform, views, seed):
         self.images = image_folder(root)
+        self.files = SkipUnreadable([path for path, _ in self.images.samples])
         self.transform, self.views, self.seed, self.epoch = transform, views, seed, 0
 
     def set_epoch(self, epoch):
@@ -87,7 +89,7 @@ class AugmentedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        image, _ = self.images[index]
+        image = self.files.load(index, open_rgb)
         with sample_rng(self.seed, self.epoch, index):
             views = [self.transform(image) for _ in range(self.views)]
         return (*views, index)

@@ -5,10 +5,13 @@
   batch on the GPU and augments it there (flatmix.data.gpu_augment) on its own CUDA stream, a batch or
   two ahead of the training step, so that this work overlaps the model's.
 
-Both draw every sample's parameters from the same (seed, epoch, index) seed, in the same order.
+Both draw every sample's parameters from the same (seed, epoch, index) seed, in the same order, and pass
+over an image file that does not decode for the same stand-in (flatmix.data.loading.SkipUnreadable);
+`skipped_images()` counts those files.
 """
 
 from contextlib import nullcontext
+from functools import partial
 import queue
 import threading
 
@@ -50,6 +53,11 @@ class PretrainBatches:
     def steps_per_epoch(self):
         return self.sampler.steps_per_epoch()
 
+    def skipped_images(self):
+        """Image files found unreadable so far by this process and its loader workers (batches made ahead
+        of the training step included), each counted once however often it is drawn."""
+        return self.dataset.files.count()
+
     def epoch(self, epoch, start_step=0):
         """This rank's batches of `epoch` from `start_step` on."""
         self.dataset.set_epoch(epoch)
@@ -64,8 +72,14 @@ class PretrainBatches:
 
     def _augment(self, batch):
         payloads, encoded, params, index = batch
-        views = self.recipe(decode(payloads, encoded, self.device), params)
+        images = decode(payloads, encoded, self.device, partial(self._undecodable, index))
+        views = self.recipe(images, params)
         return (*views, index.to(self.device, non_blocking=True))
+
+    def _undecodable(self, index, i, error):
+        """decode's report of sample i's JPEG, which no decoder reads: flagged and counted."""
+        k = int(index[i])
+        self.dataset.files.flag(k, f"{self.dataset.paths[k]}: no decoder reads it ({error})", "a grey image stands in")
 
 
 _END = object()

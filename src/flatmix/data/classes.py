@@ -6,11 +6,24 @@
 """
 
 from importlib import resources
+from pathlib import Path
 import re
 
 from flatmix.errors import FlatmixError
 
 WNID = re.compile(r"^n\d{8}$")
+
+
+def read_utf8(path, what="file"):
+    """The text of a UTF-8 file; FlatmixError naming it where it cannot be read or is not UTF-8, which
+    the locale's default codec would otherwise turn into a traceback."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise FlatmixError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise FlatmixError(f"{what} {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                           f"{e.start})") from None
 
 
 def read_class_list(path=None):
@@ -19,11 +32,7 @@ def read_class_list(path=None):
         text = resources.files("flatmix.resources").joinpath("imagenet100.txt").read_text()
         where = "imagenet100.txt"
     else:
-        try:
-            text = open(path).read()
-        except OSError as e:
-            raise FlatmixError(f"cannot read class list {path}: {e.strerror}") from None
-        where = str(path)
+        text, where = read_utf8(path, "class list"), str(path)
     wnids = text.split()
     for w in wnids:
         if not WNID.match(w):

@@ -1,9 +1,11 @@
 """The GPU loader's worker side and its decoder: workers read each image's bytes and draw its views'
 augmentation parameters; the whole batch is then decoded at once on the GPU (nvJPEG through torchvision).
 
-Only 3-channel JPEGs go to the GPU decoder (a JPEG it still refuses is decoded by PIL). The few other
-files real ImageNet holds (a PNG under a .JPEG name, CMYK and grayscale JPEGs) are decoded to RGB by the
-worker, through the same open_rgb as the PIL path.
+Only complete 3-channel JPEGs go to the GPU decoder (one it still refuses is decoded by PIL). The other
+files real ImageNet holds (a PNG under a .JPEG name, CMYK and grayscale JPEGs) and a JPEG cut short (no
+end marker) are decoded to RGB by the worker, through the same open_rgb as the PIL path; one that does not
+decode is passed over for the same stand-in as on the PIL path, decoded by the worker too. So every JPEG
+sent on is the file of its own index.
 """
 
 import io
@@ -16,8 +18,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
 from flatmix.data.augment import sample_rng
-from flatmix.data.loading import image_folder, open_rgb
-from flatmix.errors import FlatmixError
+from flatmix.data.loading import PIL_ERRORS, SkipUnreadable, UnreadableImage, image_folder, open_rgb, pil_errors
+
+JPEG_END = b"\xff\xd9"  # the EOI marker, the last two bytes of a complete JPEG
 
 
 class EncodedImages(Dataset):
@@ -27,6 +30,7 @@ class EncodedImages(Dataset):
 
     def __init__(self, root, recipe, views, seed):
         self.paths = [path for path, _ in image_folder(root).samples]
+        self.files = SkipUnreadable(self.paths)
         self.recipe, self.views, self.seed, self.epoch = recipe, views, seed, 0
 
     def set_epoch(self, epoch):
@@ -36,21 +40,27 @@ class EncodedImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        path = self.paths[index]
-        data = Path(path).read_bytes()
         try:
-            with Image.open(io.BytesIO(data)) as image:  # reads the header only
-                width, height = image.size
-                encoded = image.format == "JPEG" and image.mode == "RGB"
-        except OSError as e:
-            raise FlatmixError(f"{path}: not a readable image ({e})") from None
-        if encoded:
-            payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        else:
-            payload = pil_to_tensor(open_rgb(path))
+            payload, encoded, (width, height) = _read(self.paths[index])
+        except UnreadableImage as e:
+            self.files.flag(index, e)
+            payload, encoded = pil_to_tensor(self.files.load(index + 1, open_rgb)), False
+            height, width = payload.shape[1:]
         with sample_rng(self.seed, self.epoch, index):
             params = torch.stack([self.recipe.draw(height, width) for _ in range(self.views)])
         return payload, encoded, params, index
+
+
+def _read(path):
+    """(payload, encoded, (width, height)): a complete RGB JPEG's bytes, or any other image's pixels."""
+    with pil_errors(path):
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            size = image.size
+            encoded = image.format == "JPEG" and image.mode == "RGB" and data.endswith(JPEG_END)
+    if encoded:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), True, size
+    return pil_to_tensor(open_rgb(path)), False, size
 
 
 def collate(samples):
@@ -59,15 +69,17 @@ def collate(samples):
     return list(payloads), torch.tensor(encoded), torch.stack(params), torch.tensor(index)
 
 
-def decode(payloads, encoded, device):
-    """[3, H, W] uint8 RGB tensors on `device`: the JPEGs decoded in one batched call there, the rest moved."""
+def decode(payloads, encoded, device, unreadable=None):
+    """[3, H, W] uint8 RGB tensors on `device`: the JPEGs decoded in one batched call there, the rest moved.
+    A JPEG that neither that decoder nor PIL reads (corrupt data behind a sound header and end marker)
+    comes out mid-grey at its header's size once `unreadable(i, error)` is told; without it, it raises."""
     images = [None] * len(payloads)
     jpegs = [i for i, e in enumerate(encoded.tolist()) if e]
     if jpegs:
         try:
             decoded = decode_jpeg([payloads[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # one JPEG the decoder refuses: decode one by one, the refused ones by PIL
-            decoded = [_decode_one(payloads[i], device) for i in jpegs]
+            decoded = [_decode_one(payloads[i], device, i, unreadable) for i in jpegs]
         for i, image in zip(jpegs, decoded):
             images[i] = image
     for i, payload in enumerate(payloads):
@@ -76,9 +88,17 @@ def decode(payloads, encoded, device):
     return images
 
 
-def _decode_one(payload, device):
+def _decode_one(payload, device, i, unreadable):
+    """One JPEG: by the device's decoder, else by PIL, else (told to `unreadable`) mid-grey."""
     try:
         return decode_jpeg(payload, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        with Image.open(io.BytesIO(payload.numpy().tobytes())) as image:
+        pass
+    with Image.open(io.BytesIO(payload.numpy().tobytes())) as image:  # its header read in the worker
+        try:
             return pil_to_tensor(image.convert("RGB")).to(device)
+        except PIL_ERRORS as e:
+            if unreadable is None:
+                raise
+            unreadable(i, e)
+            return torch.full((3, image.height, image.width), 128, dtype=torch.uint8, device=device)

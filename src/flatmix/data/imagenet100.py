@@ -9,6 +9,7 @@ images (by suffix) and hidden files are skipped. Nothing is ever written into th
 import csv
 import os
 from pathlib import Path
+import sys
 
 from flatmix import atomic, paths
 from flatmix.data.classes import WNID, read_class_list
@@ -104,6 +105,24 @@ def _collect(train, val, solutions, wnids):
     return found, "folders" if val_images is None else "flat"
 
 
+def _drop_unreadable(found):
+    """Leave out the images whose header PIL cannot read (empty, cut short, not an image), each named in a
+    warning line; returns [(path, reason)]. A class left with no image is refused."""
+    from flatmix.data.loading import check_images  # torch-heavy; imported when needed
+
+    every = [path for classes in found.values() for files in classes.values() for path in files]
+    unreadable = check_images(every)
+    bad = {path for path, _ in unreadable}
+    for path, reason in unreadable:
+        print(f"flatmix: warning: {path}: not a readable image ({reason}); left out", file=sys.stderr)
+    for split, classes in found.items():
+        for wnid, files in classes.items():
+            classes[wnid] = [p for p in files if p not in bad]
+            if not classes[wnid]:
+                raise FlatmixError(f"{split}/{wnid}: none of its {len(files)} images is readable")
+    return unreadable
+
+
 PREPARED_ENTRIES = ("train", "val", "manifest.json", ".staging")
 
 
@@ -125,6 +144,7 @@ def prepare(imagenet_root, out, class_list=None, every_class=False):
     else:
         wnids = read_class_list(class_list)
     found, val_layout = _collect(train, val, solutions, wnids)
+    unreadable = _drop_unreadable(found)
     out = paths.claim_folder(Path(out).resolve(), command, PREPARED_ENTRIES)
 
     (out / "manifest.json").unlink(missing_ok=True)
@@ -148,6 +168,7 @@ def prepare(imagenet_root, out, class_list=None, every_class=False):
         "per_class": {w: {"train": len(found["train"][w]), "val": len(found["val"][w])} for w in wnids},
         "source": str(source),
         "val_layout": val_layout,
+        "unreadable": [{"path": str(path), "reason": reason} for path, reason in unreadable],
     }
     atomic.write_json(out / "manifest.json", manifest)
     return manifest
