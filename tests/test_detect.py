@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+import pickle
 import subprocess
 import sys
 
@@ -9,9 +10,13 @@ from mmengine.config import Config
 import pytest
 import torch
 
+from flatmix.checkpoint_io import load_checkpoint
 from flatmix.detect.configs import MMDET_CONFIGS
+from flatmix.detect.runner import MMENGINE_GLOBALS
+from flatmix.errors import FlatmixError
 from flatmix.models.resnet import build_resnet
 from conftest import assert_one_line_error, run_flatmix
+from test_checkpoint_io import Planted
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +90,36 @@ def test_random_backbone_and_bad_inputs(synth_root, backbone, tmp_path):
     assert_one_line_error(run_flatmix("detect", "coco-retinanet", "--backbone", tmp_path / "junk.pth", "--data",
                                       synth_root / "coco", "--bn", "frozen", "--out", tmp_path / "o"), "junk.pth")
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("where", ["work/planted.pth", "outside.pth"])
+def test_resume_refuses_a_planted_checkpoint(synth_root, backbone, tmp_path, where):
+    """last_checkpoint naming a pickle in DIR/work (refused by the weights_only loader) or outside DIR/work
+    (refused by name, even through `..`): one line, before any training, and the pickle never runs."""
+    work = tmp_path / "run" / "work"
+    work.mkdir(parents=True)
+    planted = tmp_path / "run" / where
+    planted.write_bytes(pickle.dumps({"meta": {"epoch": 1}, "state_dict": Planted(tmp_path / "marker")}, protocol=2))
+    (work / "last_checkpoint").write_text(str(work / ".." / where))
+    result = run_flatmix("detect", "voc-faster-rcnn", "--backbone", backbone, "--data", synth_root / "VOCdevkit",
+                         "--bn", "frozen", "--out", tmp_path / "run", "--scale", "smoke")
+    assert_one_line_error(result, where.split("/")[-1], "refus")
+    assert result.returncode == 2
+    assert not (tmp_path / "marker").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+class GetattrEscape:
+    """getattr(getattr, "__self__") is the builtins module: what a plain builtins.getattr allowlist would allow."""
+
+    def __reduce__(self):
+        return getattr, (getattr, "__self__")
+
+
+def test_mmengine_allowlist_resolves_only_history_buffer_methods(tmp_path):
+    torch.save({"message_hub": {"statistics_methods": {"mean": GetattrEscape()}}}, tmp_path / "escape.pth")
+    with pytest.raises(FlatmixError, match="escape.pth: .*getattr.*refused"):
+        load_checkpoint(tmp_path / "escape.pth", MMENGINE_GLOBALS)
 
 
 def test_mmdet_ships_the_base_configs():

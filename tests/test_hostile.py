@@ -211,6 +211,29 @@ def test_outputs_follow_the_umask(backbone, tmp_path, umask, mode):
     assert out.stat().st_mode & 0o777 == mode
 
 
+@pytest.mark.parametrize("content", [b"", b"PK", bytes(range(256)) * 8, "list"])
+def test_corrupt_last_pth_is_one_line(synth_root, tmp_path, content):
+    (tmp_path / "run").mkdir()
+    last = tmp_path / "run" / "last.pth"
+    if content == "list":
+        torch.save([1, 2, 3], last)
+    else:
+        last.write_bytes(content)
+    result = run_flatmix("pretrain", "--preset", "smoke-moco", "--set", f"data.root={synth_root / 'imagenet'}",
+                         "--out", tmp_path / "run")
+    assert_one_line_error(result, str(last))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pth"]
+
+
+@pytest.mark.parametrize("content", [{"format": "flatmix-pretrain/1"}, {"format": "flatmix-pretrain/1", "method": "cmc",
+                                                                     "state_dict": {}, "config": [1]}])
+def test_plain_data_of_a_wrong_layout_is_one_line(tmp_path, content):
+    torch.save(content, tmp_path / "odd.pth")
+    assert_one_line_error(run_flatmix("convert", tmp_path / "odd.pth", "--to", "torchvision", "--out", tmp_path / "b.pth"),
+                          "odd.pth")
+    assert not (tmp_path / "b.pth").exists()
+
+
 def test_rerun_of_a_finished_run_leaves_it_untouched(synth_root, tmp_path):
     args = ["pretrain", "--preset", "smoke-moco", "--set", f"data.root={synth_root / 'imagenet'}",
             "--set", "model.arch=resnet_tiny", "--set", "train.epochs=1", "--out", tmp_path]

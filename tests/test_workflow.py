@@ -100,45 +100,50 @@ def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_dag_end_to_end(tmp_path):
-    result = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), cwd=tmp_path)
+    """Every stage, with results in a folder whose name holds a space and a quote (config paths reach the
+    rules' commands quoted)."""
+    results = tmp_path / "smoke results 'q'"
+    config = str(_config_with(tmp_path, results=results.name))
+    profile = str(REPO / "workflow" / "profiles" / "local")
+    result = snakemake("--profile", profile, "--configfile", config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    prepared = tmp_path / "results" / "data" / "prepared"
+    prepared = results / "data" / "prepared"
     assert json.loads((prepared / "imagenet100" / "manifest.json").read_text())["classes"] == 100
     assert json.loads((prepared / "voc" / "manifest.json").read_text())["splits"]["VOC2007/test"]["images"] > 0
     assert json.loads((prepared / "coco" / "manifest.json").read_text())["splits"]["val2017"]["images"] > 0
-    assert all((tmp_path / "results" / "logs" / f"{r}.log").is_file()
+    assert all((results / "logs" / f"{r}.log").is_file()
                for r in ("synth", "prepare_imagenet100", "prepare_voc", "prepare_coco"))
     for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"):
-        checkpoint = torch.load(tmp_path / "results" / "pretrain" / run / "checkpoint.pth", weights_only=True)
+        checkpoint = torch.load(results / "pretrain" / run / "checkpoint.pth", weights_only=True)
         assert checkpoint["method"] == run.split("-")[1]
         assert (checkpoint["config"]["mixture"]["global"]["n"] > 1) == run.endswith("-mix")
-        metrics = json.loads((tmp_path / "results" / "linear" / run / "metrics.json").read_text())
+        metrics = json.loads((results / "linear" / run / "metrics.json").read_text())
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
-    assert (tmp_path / "results" / "convert" / "smoke-moco" / "backbone-mmdet.pth").is_file()
-    assert (tmp_path / "results" / "convert" / "smoke-cmc" / "l-torchvision.pth").is_file()
-    flatness = json.loads((tmp_path / "results" / "flatness" / "flatness.json").read_text())
+    assert (results / "convert" / "smoke-moco" / "backbone-mmdet.pth").is_file()
+    assert (results / "convert" / "smoke-cmc" / "l-torchvision.pth").is_file()
+    flatness = json.loads((results / "flatness" / "flatness.json").read_text())
     assert set(flatness["models"]) == {"MoCo", "MoCo + mixtures"}
-    detect = tmp_path / "results" / "detect" / "smoke-moco-mix"
+    detect = results / "detect" / "smoke-moco-mix"
     for setting, keys in (("voc-faster-rcnn-train", ["AP50", "recall"]), ("voc-faster-rcnn-frozen", ["AP50", "recall"]),
                           ("coco-retinanet-frozen", ["bbox_AP", "bbox_AP50", "bbox_AP75"]),
                           ("coco-mask-rcnn-frozen", ["bbox_AP", "mask_AP", "mask_AP50", "mask_AP75"])):
         metrics = json.loads((detect / setting / "metrics.json").read_text())
         assert all(0 <= metrics[k] <= 100 for k in keys), metrics
-    again = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), "-n", cwd=tmp_path)
+    again = snakemake("--profile", profile, "--configfile", config, "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
 
     # the report: the paper's numbers beside the smoke results, both figures, valid HTML5
-    report = tmp_path / "results" / "report"
+    report = results / "report"
     markdown = (report / "report.md").read_text()
     for number in ("79.8", "80.0", "76.8", "60.8", "76.4", "33.7"):
         assert f"({number}" in markdown, number
     assert "Smoke preset" in markdown and " smoke](#prov-linear-smoke-moco)" in markdown
-    for png in (report / "figure4.png", tmp_path / "results" / "flatness" / "flatness.png"):
+    for png in (report / "figure4.png", results / "flatness" / "flatness.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (report / "report.html").read_text()
     html5lib.HTMLParser(strict=True).parse(html)
     assert html.count('src="data:image/png;base64,') == 2
     # Snakemake's own report, with the figures and tables as report items
-    own = snakemake("--report", str(tmp_path / "snakemake-report.html"), cwd=tmp_path)
+    own = snakemake("--report", str(tmp_path / "snakemake-report.html"), "--configfile", config, cwd=tmp_path)
     assert own.returncode == 0, own.stderr[-2000:]
     assert "figure4.png" in (tmp_path / "snakemake-report.html").read_text()

@@ -7,11 +7,10 @@ MoCo (`model` with `encoder.module.` or `encoder.`) and CMC (`l_to_ab.` / `ab_to
 prefixed), a plain torchvision state dict, and a state dict under `state_dict` (mmdetection's, with or
 without `backbone.`). Projection heads (`fc`), key encoders, queues and memory banks are dropped.
 
-Checkpoints are pickles, so they are loaded with torch's weights_only unpickler, which allows tensors
-and plain containers only, plus argparse.Namespace (the CMC code base saves its options as one).
+Checkpoints are read through flatmix.checkpoint_io (torch's weights_only unpickler). A backbone with a
+NaN or Inf (a diverged run) is refused: every result downstream of it would be meaningless.
 """
 
-import argparse
 from dataclasses import dataclass, field
 import pickle
 import re
@@ -19,10 +18,10 @@ import re
 import torch
 
 from flatmix import atomic
+from flatmix.checkpoint_io import load_checkpoint
 from flatmix.errors import FlatmixError
 from flatmix.models.resnet import ARCHS, WideResNet
 
-SAFE_GLOBALS = [argparse.Namespace]
 MMDET_DEPTHS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 CMC_VIEWS = {"l": "l_to_ab.", "ab": "ab_to_l."}
 
@@ -36,21 +35,6 @@ class Backbone:
     colour: str = "RGB"         # the input space the encoder was trained on: RGB, YCbCr or Lab
     view: str = ""              # CMC: l or ab
     arch: dict = field(default_factory=dict)
-
-
-def load_checkpoint(path):
-    """The unpickled checkpoint, refusing any object that is not a tensor, a container or a Namespace."""
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FlatmixError(f"checkpoint {path} does not exist") from None
-    except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()
-        reason = next((line for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[0] if detail else "")
-        raise FlatmixError(f"{path}: refused to unpickle an object that is not plain data ({reason.strip()})") from None
-    except (RuntimeError, OSError, EOFError) as e:
-        raise FlatmixError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
 
 
 def _strip(state, prefix):
@@ -145,12 +129,17 @@ def _checked(state, source):
     for k, shape in expected.items():
         if state[k].shape != shape:
             raise FlatmixError(f"{source}: {k} has shape {tuple(state[k].shape)}, expected {tuple(shape)}")
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise FlatmixError(f"{source}: {k} holds NaN or Inf values (a diverged run?); refusing it")
     return state, arch
 
 
 def _identify(path):
     try:
         return _candidates(load_checkpoint(path))
+    except (KeyError, TypeError, AttributeError) as e:  # plain data, but not laid out as its keys promise
+        raise FlatmixError(f"{path}: a checkpoint of an unexpected layout ({type(e).__name__}: {e})") from None
     except FlatmixError as e:
         message = str(e)
         raise FlatmixError(message if message.startswith(str(path)) else f"{path}: {message}") from None
@@ -209,14 +198,14 @@ def convert(src, target, out, view=""):
                   "view": backbone.view, "colour": backbone.colour, "arch": arch_name(backbone.arch),
                   "layers": list(backbone.arch["layers"]), "stem": backbone.arch["stem"],
                   "width": backbone.arch["width"], "in_channels": backbone.arch["in_channels"]}
-    with atomic.atomic_path(out) as tmp:
-        if target == "torchvision":
-            torch.save(backbone.state, tmp)
-        elif target == "mmdet":
-            provenance["mmdet_backbone"] = mmdet_backbone_cfg(backbone.arch)
-            torch.save({"state_dict": backbone.state, "meta": {"flatmix": provenance}}, tmp)
-        else:
-            mmdet_backbone_cfg(backbone.arch)  # detectron2 builds the same depths
+    if target == "torchvision":
+        atomic.write_torch(out, backbone.state)
+    elif target == "mmdet":
+        provenance["mmdet_backbone"] = mmdet_backbone_cfg(backbone.arch)
+        atomic.write_torch(out, {"state_dict": backbone.state, "meta": {"flatmix": provenance}})
+    else:
+        mmdet_backbone_cfg(backbone.arch)  # detectron2 builds the same depths
+        with atomic.atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
                 pickle.dump({"model": to_detectron2_names(backbone.state), "__author__": "flatmix",
                              "matching_heuristics": True}, f)

@@ -17,6 +17,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from flatmix import atomic, provenance
+from flatmix.checkpoint_io import load_checkpoint
 from flatmix.convert import arch_name, extract_all
 from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, AugmentedImages, \
     rgb_to_lab, rgb_to_ycbcr
@@ -145,7 +146,10 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     last = out / "last.pth"
     epoch = 0
     if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        state = load_checkpoint(last)
+        if not isinstance(state, dict) or not {"config", "epoch", "linear", "optimizer"} <= set(state) \
+                or not isinstance(state["config"], dict):
+            raise FlatmixError(f"{last} is not a flatmix linear-probe last.pth; move it away or use another --out")
         if state["config"] != cfg:
             changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
             raise FlatmixError(f"{last} was made with other settings ({', '.join(changed)}); use another --out")
@@ -177,9 +181,8 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
         epoch += 1
         if env.main:
-            with atomic.atomic_path(last) as tmp:
-                torch.save({"config": cfg, "epoch": epoch, "linear": probe.linear.state_dict(),
-                            "optimizer": optimizer.state_dict()}, tmp)
+            atomic.write_torch(last, {"config": cfg, "epoch": epoch, "linear": probe.linear.state_dict(),
+                                      "optimizer": optimizer.state_dict()})
         env.barrier()
     bar.close()
     top1, top5 = evaluate(probe, val_set, env, cfg["batch_size"] // env.world, workers)
@@ -191,6 +194,5 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
                "provenance": provenance.collect()}
     if env.main:
         atomic.write_json(out / "metrics.json", metrics)
-        with atomic.atomic_path(out / "linear.pth") as tmp:
-            torch.save({"linear": probe.linear.state_dict(), "config": cfg}, tmp)
+        atomic.write_torch(out / "linear.pth", {"linear": probe.linear.state_dict(), "config": cfg})
     return metrics

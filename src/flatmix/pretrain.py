@@ -23,6 +23,7 @@ from tqdm import tqdm
 import yaml
 
 from flatmix import atomic, provenance
+from flatmix.checkpoint_io import load_checkpoint
 from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
@@ -119,13 +120,10 @@ def training_step(cfg, net, model, optimizer, mixer, views, index):
         elif cfg["method"] == "moco":
             loss = info_nce(net(views[0], views[1]))
         else:
-            out_l, out_ab, feat_l, feat_ab = net(views[0], index)
-            loss = cmc_loss(out_l, out_ab)
+            loss = cmc_loss(*net(views[0], index))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    if cfg["method"] == "cmc":
-        model.update_memory(feat_l, feat_ab, index)
     return loss
 
 
@@ -154,7 +152,10 @@ def _config_difference(saved, cfg):
 
 
 def _load_last(path, cfg, force):
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, safe_globals=())
+    if not isinstance(state, dict) or not {"config", "epoch", "step", "model", "optimizer", "rng"} <= set(state) \
+            or not isinstance(state["config"], dict):
+        raise FlatmixError(f"{path} is not a flatmix pretraining last.pth; move it away or use another --out")
     changed = _config_difference(state["config"], cfg)
     if changed and not force:
         raise FlatmixError(f"{path} was made with a different config ({', '.join(changed)} differ); "
@@ -286,7 +287,8 @@ def _train(cfg, out, env, force):
                 bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", pairs_s=f"{pairs:.1f}")
                 if metrics:
                     metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "lr": lr,
-                                              "pairs_per_s": pairs, "time": time.time()}) + "\n")
+                                              "pairs_per_s": pairs, "skipped_images": batches.skipped_images(),
+                                              "time": time.time()}) + "\n")
                     metrics.flush()
                 tick, window = time.perf_counter(), 0
             if env.any(stop.raised) and step + 1 < steps:

@@ -24,20 +24,34 @@ except FlatmixError as e:
 PRETRAIN_RUNS = EXPERIMENTS.pretrain_runs()
 OUTSIDE = EXPERIMENTS.outside
 
+
+def container_binds():
+    """The folders every rule's container needs beside the working directory: the data roots and the
+    outside checkpoints' folders. Apptainer splits a --bind at ',' and ':' (src:dst:options) and no
+    quoting escapes them, so such a path is refused here rather than bound wrongly."""
+    roots = {f"data.{k}": config["data"][k] for k in ("imagenet", "voc", "coco") if config["data"][k]}
+    roots |= {f"transfer.checkpoints.{name}": str(Path(path).resolve().parent)
+              for name, path in (config["transfer"]["checkpoints"] or {}).items()}
+    for key, root in roots.items():
+        if "," in root or ":" in root:
+            sys.exit(f"flatmix: error: {key}: {root!r} holds ',' or ':', which Apptainer cannot bind")
+    return roots.values()
+
+
 # The rules call `flatmix`: outside a container, the one installed beside this snakemake (even when .venv
 # is not activated); inside the image (--sdm apptainer), the image's own.
 if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
     shell.prefix("set -euo pipefail; ")
-    # bind the data roots (and outside checkpoints) into every rule's container beside the working
-    # directory; idempotent, as each job's own snakemake reads this file again
-    roots = [config["data"][k] for k in ("imagenet", "voc", "coco") if config["data"][k]]
-    roots += [str(Path(p).resolve().parent) for p in (config["transfer"]["checkpoints"] or {}).values()]
-    for root in roots:
+    # Snakemake splices apptainer_args unquoted into the `apptainer exec` line that its shell runs (and
+    # hands them base64-encoded to each job's snakemake), so each root is shell-quoted here. Idempotent,
+    # as each job's own snakemake reads this file again.
+    for root in container_binds():
         bind = f"--bind {shlex.quote(root)}"
         if bind not in workflow.deployment_settings.apptainer_args:
             workflow.deployment_settings.apptainer_args += f" {bind}"
 else:
-    shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
+    VENV_BIN = str(Path(sys.executable).parent)
+    shell.prefix('set -euo pipefail; export PATH={VENV_BIN:q}:"$PATH"; ')  # formatted by Snakemake
 
 
 container: config["container"]["image"]
@@ -84,7 +98,11 @@ def run_shape(run):
 
 def launcher(gpus, nodes=1):
     """`flatmix` (no GPU or one), or flatmix under torchrun with one process per GPU; on several nodes, one
-    torchrun per node started by srun, meeting at the job's first node."""
+    torchrun per node started by srun, meeting at the job's first node.
+
+    The one shell fragment the rules splice unquoted, as its `$SLURM_*` and `$(scontrol ...)` are for the
+    job's shell: fixed text and two integers (GPUs, nodes; the schema checks both), no path or string
+    from config."""
     if gpus * nodes <= 1:
         return "flatmix"
     if nodes == 1:
@@ -144,16 +162,27 @@ def converted(run):
 
 
 def linear_options():
-    """`flatmix linear` flags from config (null: the protocol's value); the smoke preset has its own."""
+    """`flatmix linear` arguments from config (null: the protocol's value); the smoke preset has its own."""
     c = config["smoke"]["linear"] if SMOKE else config["linear"]
-    flags = [f"--batch-size {c['batch_size']}", f"--image-size {c['image_size']}", f"--workers {c['workers']}"]
+    args = ["--batch-size", c["batch_size"], "--image-size", c["image_size"], "--workers", c["workers"]]
     if c["epochs"] is not None:
-        flags.append(f"--epochs {c['epochs']}")
+        args += ["--epochs", c["epochs"]]
     if c["lr"] is not None:
-        flags.append(f"--lr {c['lr']}")
+        args += ["--lr", c["lr"]]
     if c["milestones"] is not None:
-        flags.append("--milestones " + ",".join(str(m) for m in c["milestones"]))
-    return " ".join(flags)
+        args += ["--milestones", ",".join(str(m) for m in c["milestones"])]
+    return args
+
+
+def pretrain_settings(run, data):
+    """A run's spec and its data root as `--set key=value` arguments (values in JSON, so that no path reads
+    as other YAML), in a list for the rule to quote one by one."""
+    return shlex.split(set_flags(PRETRAIN_RUNS[run])) + ["--set", f"data.root={json.dumps(str(data))}"]
+
+
+def flatness_backbones():
+    """`flatmix flatness`'s `--backbone NAME=CHECKPOINT` arguments, one per curve of Figure 5."""
+    return [arg for name, run in EXPERIMENTS.flatness.items() for arg in ("--backbone", f"{name}={pretrained(run)}")]
 
 
 def detection_backbone(backbone):

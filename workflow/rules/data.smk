@@ -12,9 +12,9 @@ rule synth:
     log:
         results("logs/synth.log"),
     shell:
-        "flatmix synth --out {params.out} --seed {params.synth[seed]} --size {params.synth[size]}"
-        " --train-per-class {params.synth[train_per_class]} --val-per-class {params.synth[val_per_class]}"
-        " --voc-images {params.synth[voc_images]} --coco-images {params.synth[coco_images]} 2> {log}"
+        "flatmix synth --out {params.out:q} --seed {params.synth[seed]:q} --size {params.synth[size]:q}"
+        " --train-per-class {params.synth[train_per_class]:q} --val-per-class {params.synth[val_per_class]:q}"
+        " --voc-images {params.synth[voc_images]:q} --coco-images {params.synth[coco_images]:q} 2> {log:q}"
 
 
 rule prepare_imagenet:
@@ -27,15 +27,15 @@ rule prepare_imagenet:
     params:
         root=data_root("imagenet")[0],
         out=lambda wildcards, output: Path(output[0]).parent,
-        class_list=lambda wildcards: f"--class-list {config['data']['class_list']}"
-        if config["data"]["class_list"] and wildcards.subset == "imagenet100" else "",
+        class_list=lambda wildcards: ["--class-list", config["data"]["class_list"]]
+        if config["data"]["class_list"] and wildcards.subset == "imagenet100" else [],
     resources:
         **job_resources("prepare_imagenet"),
     log:
         results("logs/prepare_{subset}.log"),
     shell:
-        "flatmix prepare {wildcards.subset} --imagenet-root {params.root} --out {params.out}"
-        " {params.class_list} 2> {log}"
+        "flatmix prepare {wildcards.subset:q} --imagenet-root {params.root:q} --out {params.out:q}"
+        " {params.class_list:q} 2> {log:q}"
 
 
 rule prepare_detection:
@@ -53,4 +53,4 @@ rule prepare_detection:
     log:
         results("logs/prepare_{dataset}.log"),
     shell:
-        "flatmix prepare {wildcards.dataset} --root {params.root} --out {params.out} 2> {log}"
+        "flatmix prepare {wildcards.dataset:q} --root {params.root:q} --out {params.out:q} 2> {log:q}"

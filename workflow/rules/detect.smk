@@ -21,5 +21,5 @@ rule detect:
     log:
         results("logs/detect/{backbone}/{task}-{bn}.log"),
     shell:
-        "{params.launcher} detect {wildcards.task} --backbone {params.backbone} --data {params.root} --bn {wildcards.bn}"
-        " --out {params.out} --scale {params.scale} > {log} 2>&1"
+        "{params.launcher} detect {wildcards.task:q} --backbone {params.backbone:q} --data {params.root:q}"
+        " --bn {wildcards.bn:q} --out {params.out:q} --scale {params.scale:q} > {log:q} 2>&1"

@@ -12,13 +12,13 @@ rule convert:
         target=r"torchvision\.pth|mmdet\.pth|detectron2\.pkl",
     params:
         to=lambda wildcards: wildcards.target.split(".")[0],
-        view=lambda wildcards: "" if wildcards.part == "backbone" else f"--view {wildcards.part}",
+        view=lambda wildcards: [] if wildcards.part == "backbone" else ["--view", wildcards.part],
     resources:
         **job_resources("convert"),
     log:
         results("logs/convert/{run}/{part}-{target}.log"),
     shell:
-        "flatmix convert {input} --to {params.to} {params.view} --out {output} > {log} 2>&1"
+        "flatmix convert {input:q} --to {params.to:q} {params.view:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule linear:
@@ -39,8 +39,8 @@ rule linear:
     log:
         results("logs/linear/{run}.log"),
     shell:
-        "{params.launcher} linear --backbone {input.checkpoint} --data {params.data} --out {params.out}"
-        " {params.options} 2> {log}"
+        "{params.launcher} linear --backbone {input.checkpoint:q} --data {params.data:q} --out {params.out:q}"
+        " {params.options:q} 2> {log:q}"
 
 
 rule flatness:
@@ -51,9 +51,7 @@ rule flatness:
         png=report(results("flatness/flatness.png"), caption="../report/figure5.rst", category="Figures"),
         json=results("flatness/flatness.json"),
     params:
-        backbones=" ".join(
-            f"--backbone '{name}={pretrained(run)}'" for name, run in EXPERIMENTS.flatness.items()
-        ),
+        backbones=flatness_backbones(),
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output.png).parent,
         image_size=(config["smoke"]["flatness"] if SMOKE else config["flatness"])["image_size"],
@@ -62,5 +60,5 @@ rule flatness:
     log:
         results("logs/flatness.log"),
     shell:
-        "flatmix flatness {params.backbones} --data {params.data} --out {params.out}"
-        " --image-size {params.image_size} 2> {log}"
+        "flatmix flatness {params.backbones:q} --data {params.data:q} --out {params.out:q}"
+        " --image-size {params.image_size:q} 2> {log:q}"

@@ -10,8 +10,7 @@ rule pretrain:
         results("pretrain/{run}/checkpoint.pth"),
     params:
         launcher=lambda wildcards: launcher(*run_shape(wildcards.run)),
-        settings=lambda wildcards: set_flags(PRETRAIN_RUNS[wildcards.run]),
-        data=lambda wildcards, input: Path(input[0]).parent,
+        settings=lambda wildcards, input: pretrain_settings(wildcards.run, Path(input[0]).parent),
         out=lambda wildcards, output: Path(output[0]).parent,
     wildcard_constraints:
         run=one_of(PRETRAIN_RUNS),
@@ -20,4 +19,4 @@ rule pretrain:
     log:
         results("logs/pretrain/{run}.log"),
     shell:
-        "{params.launcher} pretrain {params.settings} --set data.root={params.data} --out {params.out} 2> {log}"
+        "{params.launcher} pretrain {params.settings:q} --out {params.out:q} 2> {log:q}"

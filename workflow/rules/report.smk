@@ -22,5 +22,6 @@ rule report:
     log:
         results("logs/report.log"),
     shell:
-        "printf '%s\\n' {params.config:q} > {output.config}"
-        " && flatmix report --config {output.config} --results {params.results} --out {params.out} > {log} 2>&1"
+        "printf '%s\\n' {params.config:q} > {output.config:q}"
+        " && flatmix report --config {output.config:q} --results {params.results:q} --out {params.out:q}"
+        " > {log:q} 2>&1"

@@ -1,25 +1,47 @@
 """`flatmix detect`: convert the backbone, write DIR/config.py, then train and evaluate it with mmengine's
 Runner (one CPU process, one GPU, or under torchrun) and write DIR/metrics.json with stable names.
 
-Resume: a restarted run continues from mmengine's last checkpoint in DIR/work. mmengine 0.10.7 reads
-its own checkpoints with torch.load under torch's weights_only default and fails on its own objects;
-those files are written by this run itself, so this process lets torch.load unpickle them
-(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD). The user's backbone checkpoint never reaches that path: it is
-converted first, through the weights_only loader of flatmix.convert.
+Resume: a restarted run continues from the checkpoint DIR/work/last_checkpoint names. Anyone who can
+write to DIR could plant a pickle there, so that file must lie inside DIR/work and is read first
+through flatmix.checkpoint_io (a refusal is one line, before any training); mmengine 0.10.7's own
+torch.load calls (the resume, the Pretrained backbone) run under torch's weights_only unpickler too,
+with MMENGINE_GLOBALS allowlisted: exactly the types mmengine stores in its checkpoints. The user's
+backbone checkpoint is converted first, through flatmix.convert.
 """
 
 import os
 from pathlib import Path
+import pickle
 import time
 
+from mmengine.logging import HistoryBuffer
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from flatmix import atomic, provenance
+from flatmix.checkpoint_io import load_checkpoint
 from flatmix.convert import convert
 from flatmix.detect.configs import TASKS, build_config
 from flatmix.errors import FlatmixError
 
+
+def _history_buffer_method(cls, name):
+    """What mmengine's checkpoints call builtins.getattr for, and nothing more: HistoryBuffer pickles its
+    statistics methods as getattr(HistoryBuffer, "min"). The real getattr would reach any module
+    (getattr(getattr, "__self__") is builtins) and HistoryBuffer.__setstate__ registers what it gets as
+    methods that mmengine then calls."""
+    if cls is HistoryBuffer and name in ("min", "max", "current", "mean"):
+        return getattr(cls, name)
+    raise pickle.UnpicklingError(f"getattr(..., {name!r}) refused: only HistoryBuffer's statistics methods")
+
+
+# What mmengine 0.10.7 stores in a checkpoint besides tensors and containers, found with
+# torch.serialization.get_unsafe_globals_in_checkpoint and loading smoke checkpoints of every task: the
+# message hub's HistoryBuffers (numpy float64/int64 arrays, their statistics methods) and numpy scalars.
+MMENGINE_GLOBALS = [HistoryBuffer, np.ndarray, np.dtype, np.dtypes.Float64DType, np.dtypes.Int64DType,
+                    np._core.multiarray._reconstruct, np._core.multiarray.scalar,
+                    (_history_buffer_method, "builtins.getattr")]
 RANDOM_BACKBONE = {"type": "ResNet", "depth": 50, "stem_channels": 64, "base_channels": 64, "in_channels": 3,
                    "style": "pytorch"}
 REQUIRED = {
@@ -76,11 +98,26 @@ def write_config(task, backbone, data, bn, out, scale):
     return path
 
 
+def _resume_from(work):
+    """The checkpoint WORK/last_checkpoint names (None: none to resume), refused unless it lies inside
+    WORK and passes the weights_only loader with MMENGINE_GLOBALS."""
+    pointer = work / "last_checkpoint"
+    if not pointer.is_file():
+        return None
+    named = pointer.read_text(errors="replace").strip()
+    path = Path(named).resolve()  # relative to the working directory, as mmengine reads it
+    if not path.is_relative_to(work.resolve()):
+        raise FlatmixError(f"{pointer} names {named!r}, which is not inside {work}; refusing to resume from it")
+    load_checkpoint(path, MMENGINE_GLOBALS)
+    return path
+
+
 def train(config_path, out):
     """Train and test the config with mmengine's Runner; returns mmdetection's raw test metrics."""
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # mmengine's own checkpoints (module docstring)
     from mmengine.config import Config
     from mmengine.runner import Runner
+
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # it would turn mmengine's loads into full unpickling
 
     cfg = Config.fromfile(str(config_path))
     cfg.work_dir = str(Path(out) / "work")
@@ -92,10 +129,13 @@ def train(config_path, out):
             if not dist.is_initialized():
                 dist.init_process_group("gloo")
             cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-    cfg.resume = (Path(cfg.work_dir) / "last_checkpoint").exists()
+    resume_from = _resume_from(Path(cfg.work_dir))
+    if resume_from is not None:
+        cfg.resume, cfg.load_from = True, str(resume_from)
     runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner.test()
+    with torch.serialization.safe_globals(MMENGINE_GLOBALS):
+        runner.train()
+        return runner.test()
 
 
 def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
