@@ -154,7 +154,7 @@ def test_command_line_numbers(tmp_path, args, fragment):
     (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
      b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n", "aliases"),
     (b"[" * 100000, "YAML"),
-])
+], ids=["latin-1", "alias-bomb", "100k-deep"])
 def test_hostile_config_files(synth_root, tmp_path, content, fragment):
     config = tmp_path / "run.yaml"
     config.write_bytes(content)
@@ -211,7 +211,7 @@ def test_outputs_follow_the_umask(backbone, tmp_path, umask, mode):
     assert out.stat().st_mode & 0o777 == mode
 
 
-@pytest.mark.parametrize("content", [b"", b"PK", bytes(range(256)) * 8, "list"])
+@pytest.mark.parametrize("content", [b"", b"PK", bytes(range(256)) * 8, "list"], ids=["empty", "PK", "bytes", "list"])
 def test_corrupt_last_pth_is_one_line(synth_root, tmp_path, content):
     (tmp_path / "run").mkdir()
     last = tmp_path / "run" / "last.pth"
