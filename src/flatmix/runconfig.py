@@ -70,9 +70,15 @@ def read_mapping(path):
     return tree
 
 
+def set_args(spec):
+    """A (partial) run spec as a list of `--set key=value` arguments; values in JSON, which `resolve` reads
+    back (so that no path or string reads as other YAML)."""
+    return [arg for k, v in flatten(spec).items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+
+
 def set_flags(spec):
-    """A (partial) run spec as `--set key=value` arguments; values in JSON, which `resolve` reads back."""
-    return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in flatten(spec).items())
+    """set_args as one shell-quoted string, for a command line to print."""
+    return shlex.join(set_args(spec))
 
 
 def nearest(name, names):

@@ -11,7 +11,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
-from flatmix.runconfig import set_flags
+from flatmix.runconfig import set_args
 
 RESULTS = config["results"]
 SYNTH = f"{RESULTS}/data/synth"
@@ -177,7 +177,8 @@ def linear_options():
 def pretrain_settings(run, data):
     """A run's spec and its data root as `--set key=value` arguments (values in JSON, so that no path reads
     as other YAML), in a list for the rule to quote one by one."""
-    return shlex.split(set_flags(PRETRAIN_RUNS[run])) + ["--set", f"data.root={json.dumps(str(data))}"]
+    spec = PRETRAIN_RUNS[run]
+    return set_args({**spec, "data": {**spec.get("data", {}), "root": str(data)}})
 
 
 def flatness_backbones():
