@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import json
 import os
 from pathlib import Path
+import shutil
 import socket
 import subprocess
 
@@ -66,6 +67,34 @@ def test_prepare_refuses_folders_it_did_not_make(synth_root, tmp_path, layout):
     assert_one_line_error(run_flatmix("prepare", "imagenet100", "--imagenet-root", synth_root / "imagenet",
                                       "--out", out), fragment)
     assert _tree(out) == before
+
+
+@pytest.mark.parametrize("batch_size", [16, 10**30])
+def test_pretrain_refuses_a_folder_it_did_not_make(synth_root, tmp_path, batch_size):
+    """A user's folder holding a config.yaml and metrics.jsonl of its own: nothing is written into it, also
+    when the run would fail later on (a batch larger than the data)."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text("my notes")
+    (tmp_path / "mine" / "metrics.jsonl").write_text("keep")
+    before = _tree(tmp_path / "mine")
+    result = run_flatmix("pretrain", "--preset", "smoke-moco", "--set", f"data.root={synth_root / 'imagenet'}",
+                         "--set", f"train.batch_size={batch_size}", "--out", tmp_path / "mine")
+    assert_one_line_error(result)
+    assert _tree(tmp_path / "mine") == before
+
+
+def test_prepare_refuses_before_changing_anything(synth_root, tmp_path):
+    """Its train/ replaced by a link to a user's folder, an earlier output is refused before val/ is rebuilt."""
+    out = tmp_path / "in100"
+    assert run_flatmix("prepare", "imagenet100", "--imagenet-root", synth_root / "imagenet", "--out", out).returncode == 0
+    shutil.rmtree(out / "train")
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "photo.JPEG").write_bytes(b"precious")
+    os.symlink(tmp_path / "user", out / "train")
+    before = _tree(tmp_path)
+    assert_one_line_error(run_flatmix("prepare", "imagenet100", "--imagenet-root", synth_root / "imagenet",
+                                      "--out", out), "not a folder of links")
+    assert _tree(tmp_path) == before
 
 
 def test_synth_refuses_a_folder_it_did_not_make(tmp_path):
@@ -137,7 +166,8 @@ def test_run_spec_ranges(synth_root, tmp_path, setting, fragment):
     (["linear", "--epochs", "0"], "--epochs"), (["linear", "--lr", "nan"], "--lr"),
     (["linear", "--batch-size", "-4"], "--batch-size"), (["linear", "--milestones", "30,x"], "--milestones"),
     (["linear", "--workers", "-1"], "--workers"), (["flatness", "--image-size", "0"], "--image-size"),
-    (["synth", "--size", "8"], "--size"), (["plan", "--moco-pairs-per-s", "0"], "--moco-pairs-per-s"),
+    (["synth", "--size", "8"], "--size"), (["synth", "--size", "1000000000000"], "--size"),
+    (["plan", "--moco-pairs-per-s", "0"], "--moco-pairs-per-s"),
 ])
 def test_command_line_numbers(tmp_path, args, fragment):
     required = {"linear": ["--backbone", "b", "--data", "d", "--out", tmp_path / "o"],
@@ -214,6 +244,7 @@ def test_outputs_follow_the_umask(backbone, tmp_path, umask, mode):
 @pytest.mark.parametrize("content", [b"", b"PK", bytes(range(256)) * 8, "list"], ids=["empty", "PK", "bytes", "list"])
 def test_corrupt_last_pth_is_one_line(synth_root, tmp_path, content):
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".flatmix-owner.json").write_text('{"command": "pretrain"}')  # a run folder of ours
     last = tmp_path / "run" / "last.pth"
     if content == "list":
         torch.save([1, 2, 3], last)
@@ -222,7 +253,7 @@ def test_corrupt_last_pth_is_one_line(synth_root, tmp_path, content):
     result = run_flatmix("pretrain", "--preset", "smoke-moco", "--set", f"data.root={synth_root / 'imagenet'}",
                          "--out", tmp_path / "run")
     assert_one_line_error(result, str(last))
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.pth"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".flatmix-owner.json", "last.pth"]
 
 
 @pytest.mark.parametrize("content", [{"format": "flatmix-pretrain/1"}, {"format": "flatmix-pretrain/1", "method": "cmc",

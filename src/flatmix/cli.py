@@ -130,16 +130,17 @@ def _int_list(text):
     return values
 
 
-def _at_least(low, kind=int):
-    """An argparse type: a number of `kind` (finite) that is at least `low`."""
+def _at_least(low, kind=int, high=None):
+    """An argparse type: a number of `kind` (finite) that is at least `low` (and at most `high`)."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < low:
+        if value is None or not math.isfinite(value) or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} "
-                                             f">= {low}, got {text!r}")
+                                             f"{bounds}, got {text!r}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its message
     return parse
@@ -166,11 +167,11 @@ def build_parser():
     p = commands.add_parser("synth", help="write the embedded data set (ImageNet, VOC, COCO formats)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--size", type=_at_least(16), default=64, help="ImageNet image side; detection images are 2-4x")
-    p.add_argument("--train-per-class", type=_at_least(1), default=8)
-    p.add_argument("--val-per-class", type=_at_least(1), default=4)
-    p.add_argument("--voc-images", type=_at_least(1), default=16, help="images per VOC split")
-    p.add_argument("--coco-images", type=_at_least(1), default=16, help="images per COCO split")
+    p.add_argument("--size", type=_at_least(16, high=1024), default=64, help="ImageNet image side; detection images are 2-4x")
+    p.add_argument("--train-per-class", type=_at_least(1, high=10000), default=8)
+    p.add_argument("--val-per-class", type=_at_least(1, high=10000), default=4)
+    p.add_argument("--voc-images", type=_at_least(1, high=100000), default=16, help="images per VOC split")
+    p.add_argument("--coco-images", type=_at_least(1, high=100000), default=16, help="images per COCO split")
     p.set_defaults(run=_synth)
 
     p = commands.add_parser("pretrain", help="one MoCo or CMC pretraining run (CPU, or under torchrun)")

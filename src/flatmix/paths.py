@@ -76,8 +76,8 @@ def claim_folder(out, command, entries):
     return out
 
 
-def remove_links_tree(path):
-    """Remove a tree this command made of folders and symlinks only; anything else in it is refused."""
+def check_links_tree(path):
+    """Refuse unless `path` is absent or a folder of folders and symlinks only (what prepare makes)."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
@@ -86,7 +86,13 @@ def remove_links_tree(path):
     for p in path.rglob("*"):
         if not p.is_symlink() and not p.is_dir():
             raise FlatmixError(f"{p} is not a link made by flatmix; refusing to remove {path}")
-    shutil.rmtree(path)
+
+
+def remove_links_tree(path):
+    """Remove a tree this command made of folders and symlinks only; anything else in it is refused."""
+    check_links_tree(path)
+    if Path(path).exists():
+        shutil.rmtree(path)
 
 
 def remove_owned_tree(out, name):

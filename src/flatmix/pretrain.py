@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 import yaml
 
-from flatmix import atomic, provenance
+from flatmix import atomic, paths, provenance
 from flatmix.checkpoint_io import load_checkpoint
 from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
@@ -35,6 +35,7 @@ from flatmix.presets import SCHEMA
 from flatmix.runconfig import flatten
 
 PREEMPTED_EXIT = 143
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "checkpoint.pth", "summary.json")  # all a run writes
 CHECKPOINT_FORMAT = "flatmix-pretrain/1"
 
 
@@ -222,6 +223,11 @@ def _train(cfg, out, env, force):
     root = Path(cfg["data"]["root"]) / "train"
     if not root.is_dir():
         raise FlatmixError(f"data.root: {root} is not a folder of class folders")
+    batches = PretrainBatches(cfg, env, root)
+    if batches.steps_per_epoch() == 0:
+        raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {t['batch_size']}")
+    if env.main:
+        paths.claim_folder(out, "pretrain", RUN_FILES)
     last = out / "last.pth"
     state = _load_last(last, cfg, force) if last.exists() else None
     finished = _finished(out, state, t["epochs"])
@@ -230,13 +236,8 @@ def _train(cfg, out, env, force):
             print(f"pretrain: {out} is already complete; nothing to do", flush=True)
         return {k: v for k, v in finished.items() if k != "provenance"}
     if env.main:
-        out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         _trim_metrics(out / "metrics.jsonl", *((state["epoch"], state["step"]) if state else (0, 0)))
-
-    batches = PretrainBatches(cfg, env, root)
-    if batches.steps_per_epoch() == 0:
-        raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {t['batch_size']}")
 
     torch.manual_seed(cfg["seed"])  # the same initial model, queue and memory bank on every rank
     model, optimizer, mixer = build_training(cfg, env, len(batches))

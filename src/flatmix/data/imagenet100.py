@@ -147,6 +147,8 @@ def prepare(imagenet_root, out, class_list=None, every_class=False):
     unreadable = _drop_unreadable(found)
     out = paths.claim_folder(Path(out).resolve(), command, PREPARED_ENTRIES)
 
+    for tree in ("train", "val", ".staging"):  # all refusals before any change
+        paths.check_links_tree(out / tree)
     (out / "manifest.json").unlink(missing_ok=True)
     staging = out / ".staging"
     paths.remove_links_tree(staging)
