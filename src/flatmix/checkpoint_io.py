@@ -44,3 +44,12 @@ def load_checkpoint(path, safe_globals=PLAIN):
         if unsafe:
             raise FlatmixError(f"{path}: refused to unpickle {unsafe.group(1)} (not a tensor or plain data)") from None
         raise FlatmixError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
+
+
+def load_own_state(path, keys, what):
+    """A training state this project wrote (a last.pth): a dict with `keys`, its "config" a dict; anything
+    else at that name is refused with one line naming `what` it should have been."""
+    state = load_checkpoint(path, safe_globals=())
+    if not isinstance(state, dict) or not {"config", *keys} <= set(state) or not isinstance(state["config"], dict):
+        raise FlatmixError(f"{path} is not a flatmix {what}; move it away or use another --out")
+    return state

@@ -17,7 +17,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from flatmix import atomic, provenance
-from flatmix.checkpoint_io import load_checkpoint
+from flatmix.checkpoint_io import load_own_state
 from flatmix.convert import arch_name, extract_all
 from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, AugmentedImages, \
     rgb_to_lab, rgb_to_ycbcr
@@ -146,10 +146,7 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     last = out / "last.pth"
     epoch = 0
     if last.exists():
-        state = load_checkpoint(last)
-        if not isinstance(state, dict) or not {"config", "epoch", "linear", "optimizer"} <= set(state) \
-                or not isinstance(state["config"], dict):
-            raise FlatmixError(f"{last} is not a flatmix linear-probe last.pth; move it away or use another --out")
+        state = load_own_state(last, ("epoch", "linear", "optimizer"), "linear-probe last.pth")
         if state["config"] != cfg:
             changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
             raise FlatmixError(f"{last} was made with other settings ({', '.join(changed)}); use another --out")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 import yaml
 
 from flatmix import atomic, paths, provenance
-from flatmix.checkpoint_io import load_checkpoint
+from flatmix.checkpoint_io import load_own_state
 from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
@@ -153,10 +153,7 @@ def _config_difference(saved, cfg):
 
 
 def _load_last(path, cfg, force):
-    state = load_checkpoint(path, safe_globals=())
-    if not isinstance(state, dict) or not {"config", "epoch", "step", "model", "optimizer", "rng"} <= set(state) \
-            or not isinstance(state["config"], dict):
-        raise FlatmixError(f"{path} is not a flatmix pretraining last.pth; move it away or use another --out")
+    state = load_own_state(path, ("epoch", "step", "model", "optimizer", "rng"), "pretraining last.pth")
     changed = _config_difference(state["config"], cfg)
     if changed and not force:
         raise FlatmixError(f"{path} was made with a different config ({', '.join(changed)} differ); "
