@@ -1,8 +1,12 @@
 # flatmix: the reproduction DAG of "Rethinking Image Mixture for Unsupervised Visual Representation
 # Learning". Run `snakemake --profile workflow/profiles/local` (see README.md).
 import os
+import sys
 
 from snakemake.utils import min_version, validate
+
+from flatmix.errors import FlatmixError
+from flatmix.experiments import check_renamed
 
 min_version("9.0")
 
@@ -11,6 +15,10 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+try:
+    check_renamed(config)  # an earlier flatmix's key: say its new name, before the schema's generic error
+except FlatmixError as e:
+    sys.exit(f"flatmix: error: {e}")
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 
 

@@ -6,9 +6,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from flatmix.distributed import Distributed
-
+from flatmix.mixture import Mixer, global_mix, region_mix
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
+from flatmix.presets import DEFAULTS
 
 
 def gathered(t):
@@ -82,9 +83,35 @@ def check_cmc(env):
         assert same_on_all_ranks(torch.cat([p.detach().flatten() for p in model.parameters()]))
 
 
+def check_mixer(env):
+    """Partners come from the whole global batch (the other rank's images too), never the sample itself,
+    and a region partner is the partner's globally mixed image, gathered from its rank."""
+    mix = {**DEFAULTS["mixture"], "global": {"mixes": 3, "p": 1.0, "alpha": 1.0},
+           "region": {"mixes": 2, "p": 1.0, "beta": 1.0, "decay": 0.5}}
+    mixer, replay = Mixer(mix, 0, env.rank), Mixer(mix, 0, env.rank)
+    local, world = 4, env.world
+    foreign = 0
+    for step in range(5):
+        torch.manual_seed(1000 * step + env.rank)
+        q, k = torch.randn(local, 3, 8, 8), torch.randn(local, 3, 8, 8)
+        replay.load_state_dict(mixer.state_dict())
+        mq, mk = mixer([q, k])
+        d = replay.draw(local, local * world, 8, 8)
+        partners = torch.cat([d.global_partners, d.region_partners])
+        own = env.rank * local + torch.arange(local)
+        assert not (partners == own).any(), "a sample was mixed with itself"
+        foreign += int(((partners // local) != env.rank).sum())
+        for view, mixed in ((q, mq), (k, mk)):
+            g = global_mix(view, d.global_partners, d.global_lam, torch.cat(gathered(view)))
+            expected = region_mix(g, d.region_partners, d.region_boxes, 0.5, torch.cat(gathered(g)))
+            assert torch.equal(mixed, expected), "mixed views differ from eqs. (3)-(5) on the global batch"
+    assert foreign > 0, "no partner ever came from the other rank"
+
+
 if __name__ == "__main__":
     env = Distributed()  # gloo on CPU
     check_moco(env)
     check_cmc(env)
+    check_mixer(env)
     env.close()
     print(f"rank {env.rank}: DDP checks passed")

@@ -102,11 +102,14 @@ def test_probe_bad_inputs(prepared, tmp_path):
 def test_figure5_png_and_json(prepared, tmp_path):
     a = _flatmix_checkpoint(tmp_path / "a.pth", "moco", seed=1)
     b = _flatmix_checkpoint(tmp_path / "b.pth", "moco", seed=2)
+    title = "Figure 5 on ImageNet-100 (not the paper's setting: a test)"
     result = run_flatmix("flatness", "--backbone", f"MoCo={a}", "--backbone", f"MoCo + mixtures={b}",
-                         "--data", prepared, "--out", tmp_path / "fig", "--image-size", "32", "--workers", "0")
+                         "--data", prepared, "--out", tmp_path / "fig", "--image-size", "32", "--workers", "0",
+                         "--title", title)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "fig" / "flatness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "fig" / "flatness.json").read_text())
+    assert doc["title"] == title
     for m in doc["models"].values():
         curve = m["curve"]
         assert len(curve) == 256 and m["images"] == 100

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO, assert_one_line_error, run_flatmix
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
+from flatmix.mixture import Mixer
 from flatmix.presets import DEFAULTS
 from flatmix.runconfig import resolve, set_flags
 
@@ -23,12 +24,13 @@ def test_paper_preset_trains_each_run_once_for_all_tables():
     assert len(runs) >= 45
     table = lambda key: [c.run for _, cells in e.tables[key].rows for c in cells if c]  # noqa: E731
     assert [len(table(k)) for k in ("table1", "table2", "table3")] == [6, 6, 11]
-    # decay 1.0 with 2 region images is Table 2's n = 2; Table 5's CMC 800-epoch baseline is Table 4's
-    assert table("table3")[-1] == table("table2")[0] == "in100-moco-r2p0.5d1.0-e400-k16384"
+    # Table 3 sweeps the decay at Table 2's best count: its decay 1.0 is Table 2's 5 mixes; Table 5's CMC
+    # 800-epoch baseline is Table 4's
+    assert table("table3")[-1] == table("table2")[3] == "in100-moco-rm5p0.5d1.0-e400-k16384"
     assert table("table4")[0] == table("table5")[6] == "in100-cmc-e800-k16384"
     # Table 6's R50 "ours" is the transfer tables' "Ours (K=65536)"
-    assert "in1k-moco-resnet50-g4p0.5-r5p0.5d0.2-e200-k65536" in table("table6")
-    assert "in1k-moco-resnet50-g4p0.5-r5p0.5d0.2-e200-k65536" in table("table8b")
+    assert "in1k-moco-resnet50-gm4p0.5-rm5p0.5d0.2-e200-k65536" in table("table6")
+    assert "in1k-moco-resnet50-gm4p0.5-rm5p0.5d0.2-e200-k65536" in table("table8b")
     assert len(e.detections()) == 13  # 3 backbones x 4 settings + random init. on VOC
     assert e.dataset_of("in1k-moco-resnet50w2-e200-k65536") == "imagenet1k"
 
@@ -48,19 +50,51 @@ def test_every_run_spec_round_trips_through_set_flags():
         assert flags[::2] == ["--set"] * len(sets)
         cfg = resolve(DEFAULTS, {}, sets=sets)
         assert cfg["train"]["epochs"] == int(re.search(r"-e(\d+)-", name).group(1))
-        assert cfg["mixture"]["global"]["n"] == spec.get("mixture", {}).get("global", {}).get("n", 1)
+        assert cfg["mixture"]["global"]["mixes"] == spec.get("mixture", {}).get("global", {}).get("mixes", 0)
         assert (cfg["data"]["loader"], cfg["data"]["workers"], cfg["train"]["compile"]) == ("gpu", 8, False)
 
 
 def test_config_values_change_the_runs():
     config = copy.deepcopy(CONFIG)
-    config["experiments"]["table1"] = {"epochs": 100, "global_n": [3]}
+    config["experiments"]["table1"] = {"epochs": 100, "global_mixes": [3]}
     config["experiments"]["pretrain"] = {"loader": "pil", "workers": 12, "compile": True}
     e = Experiments(config, "in100-ablation")
-    assert "in100-moco-g3p0.5-e100-k16384" in e.pretrain_runs()
-    spec = e.pretrain_runs()["in100-moco-g3p0.5-e100-k16384"]
+    assert "in100-moco-gm3p0.5-e100-k16384" in e.pretrain_runs()
+    spec = e.pretrain_runs()["in100-moco-gm3p0.5-e100-k16384"]
     assert (spec["data"], spec["train"]["compile"]) == ({"loader": "pil", "workers": 12}, True)
-    assert e.tables["table1"].rows[0][1][0].paper == 76.24  # the paper's n = 3, at any epochs
+    assert e.tables["table1"].rows[0][1][0].paper == 76.24  # the paper's 3 mixtures, at any epochs
+
+
+@pytest.mark.parametrize("table,level", [("table1", "global"), ("table2", "region")])
+def test_table_headings_are_the_mixing_steps_each_run_draws(table, level):
+    """Tables 1-2's "numbers of mixtures" 2..7 are the authors' num_mix: k mixing steps per sample."""
+    e = Experiments(CONFIG, "in100-ablation")
+    headings = e.tables[table].columns
+    assert headings == [f"{k} mixes" for k in range(2, 8)]
+    for k, cell in zip(range(2, 8), e.tables[table].rows[0][1]):
+        cfg = resolve(DEFAULTS, {}, sets=shlex.split(set_flags(e.runs[cell.run]))[1::2])
+        d = Mixer(cfg["mixture"], 0).draw(8, 8, 16, 16)
+        drawn = d.global_partners if level == "global" else d.region_partners
+        other = d.region_partners if level == "global" else d.global_partners
+        assert drawn.shape == (k, 8) and other.shape == (0, 8)
+
+
+@pytest.mark.parametrize("old,new", [("global_n", "global_mixes"), ("region_n", "region_mixes")])
+def test_an_earlier_configs_count_keys_are_refused_naming_the_new_key(tmp_path, old, new):
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["table1"] = {"epochs": 400, old: [2, 3]}
+    with pytest.raises(FlatmixError, match=f"experiments.table1.{new}"):
+        Experiments(config, "paper")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert_one_line_error(run_flatmix("plan", "--config", path), f"experiments.table1.{new}", "mixing steps")
+
+
+@pytest.mark.parametrize("level", ["global", "region"])
+def test_an_earlier_run_specs_count_key_is_refused_naming_the_new_key(tmp_path, level):
+    result = run_flatmix("pretrain", "--preset", "smoke-moco", "--set", f"mixture.{level}.n=4", "--out", tmp_path / "o")
+    assert_one_line_error(result, f"mixture.{level}.n", f"mixture.{level}.mixes", "mixing steps")
+    assert not (tmp_path / "o").exists()
 
 
 def test_smoke_stands_in_for_the_paper_runs_it_imitates():
@@ -72,6 +106,43 @@ def test_smoke_stands_in_for_the_paper_runs_it_imitates():
     assert not moco[0].smoke and moco[0].run == "in100-moco-e240-k16384"  # stays pending
     ours = e.tables["table8b"].rows[1][1][0]
     assert ours.result == "detect/smoke-moco-mix/coco-mask-rcnn-frozen/metrics.json" and ours.smoke
+
+
+def test_in1k_figure5_is_table6_resnet50_on_imagenet1k():
+    """The paper's Figure 5: Table 6's ResNet-50 baseline and ours (the same runs, trained once), measured on
+    the prepared ImageNet-1K val."""
+    e = Experiments(CONFIG, "in1k")
+    assert list(e.flatness) == ["in1k"]
+    figure = e.flatness["in1k"]
+    table6 = dict(e.tables["table6"].rows)
+    assert figure.runs == {"MoCo": table6["resnet50 MoCo"][0].run, "MoCo + mixtures": table6["resnet50 ours"][0].run}
+    assert figure.runs["MoCo + mixtures"] != figure.runs["MoCo"]
+    assert figure.dataset == "imagenet1k" and all(e.dataset_of(r) == "imagenet1k" for r in figure.runs.values())
+    assert "ImageNet-1K" in figure.title and "not the paper's setting" not in figure.title
+    assert e.part_runs("figure5") == set(figure.runs.values()) <= e.part_runs("table6")
+    assert set(e.pretrain_runs()) == e.part_runs("table6")  # nothing trained for Figure 5 alone
+
+
+def test_figure5_per_preset():
+    """The paper preset makes both Figure 5s, the paper's first; smoke and in100-main only the ImageNet-100
+    one, labelled as not the paper's setting; the other presets none."""
+    paper = Experiments(CONFIG, "paper")
+    assert list(paper.flatness) == ["in1k", "in100"]
+    assert {"figure5", "figure5-in100"} <= set(paper.parts())
+    for preset in ("smoke", "in100-main"):
+        e = Experiments(CONFIG, preset)
+        assert list(e.flatness) == ["in100"], preset
+        figure = e.flatness["in100"]
+        assert figure.dataset == "imagenet100"
+        assert figure.title.startswith("Figure 5 on ImageNet-100 (not the paper's setting")
+    assert Experiments(CONFIG, "in100-main").flatness["in100"].runs == {
+        "MoCo": paper.roles["moco-800"], "MoCo + mixtures": paper.roles["moco-ours-800"]}
+    assert paper.flatness["in100"] == Experiments(CONFIG, "in100-main").flatness["in100"]
+    smoke = Experiments(CONFIG, "smoke").flatness["in100"]
+    assert smoke.runs == {"MoCo": "smoke-moco", "MoCo + mixtures": "smoke-moco-mix"}
+    assert smoke.title.endswith("smoke runs standing in")
+    for preset in ("in100-ablation", "transfer"):
+        assert not Experiments(CONFIG, preset).flatness
 
 
 def test_outside_checkpoints_join_the_transfer_tables():
@@ -91,7 +162,8 @@ def test_plan_prints_the_cost_per_table_and_the_total():
     result = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
-    assert set(rows) >= {"table1", "table4", "figure4", "table6", "table8b", "total"}
+    assert set(rows) >= {"table1", "table4", "figure4", "table6", "figure5", "figure5-in100", "table8b", "total"}
+    assert int(rows["figure5"][1]) == 2 and int(rows["figure5"][2]) == 0  # Table 6's runs, counted there
     runs = len(Experiments(CONFIG, "paper").pretrain_runs())
     assert int(rows["total"][1]) == runs
     assert int(rows["table3"][2]) == 10  # one of Table 3's runs is Table 2's

@@ -142,3 +142,22 @@ def test_loss_falls_over_a_few_epochs(synth_root, tmp_path, preset, sets):
 def test_bad_run_specs(tmp_path, args, fragments):
     assert_one_line_error(run_flatmix("pretrain", *args, "--out", tmp_path / "o"), *fragments)
     assert not (tmp_path / "o" / "checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize("mixes", [1, 3])
+def test_a_training_step_draws_mixes_steps_per_level_once_for_both_views(mixes):
+    from flatmix.distributed import Distributed
+    from flatmix.presets import DEFAULTS, PRESETS
+    from flatmix.pretrain import build_training, training_step
+    from flatmix.runconfig import resolve
+    cfg = resolve(DEFAULTS, PRESETS, preset="smoke-moco", sets=[
+        "model.arch=resnet_tiny", f"mixture.global.mixes={mixes}", "mixture.global.p=1",
+        f"mixture.region.mixes={mixes}", "mixture.region.p=1"])
+    model, optimizer, mixer = build_training(cfg, Distributed("cpu"), n_data=16)
+    draws, draw = [], mixer.draw
+    mixer.draw = lambda *args: draws.append(draw(*args)) or draws[-1]
+    loss = training_step(cfg, model, optimizer, mixer, [torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)],
+                         torch.arange(16))
+    assert torch.isfinite(loss)
+    assert len(draws) == 1  # the query and key views share one draw (joint views)
+    assert draws[0].global_partners.shape == draws[0].region_partners.shape == (mixes, 16)

@@ -116,13 +116,16 @@ def test_smoke_dag_end_to_end(tmp_path):
     for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"):
         checkpoint = torch.load(results / "pretrain" / run / "checkpoint.pth", weights_only=True)
         assert checkpoint["method"] == run.split("-")[1]
-        assert (checkpoint["config"]["mixture"]["global"]["n"] > 1) == run.endswith("-mix")
+        assert (checkpoint["config"]["mixture"]["global"]["mixes"] > 0) == run.endswith("-mix")
         metrics = json.loads((results / "linear" / run / "metrics.json").read_text())
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
     assert (results / "convert" / "smoke-moco" / "backbone-mmdet.pth").is_file()
     assert (results / "convert" / "smoke-cmc" / "l-torchvision.pth").is_file()
-    flatness = json.loads((results / "flatness" / "flatness.json").read_text())
+    assert [p.name for p in (results / "flatness").iterdir()] == ["in100"]  # not the paper's ImageNet-1K one
+    flatness = json.loads((results / "flatness" / "in100" / "flatness.json").read_text())
     assert set(flatness["models"]) == {"MoCo", "MoCo + mixtures"}
+    assert flatness["title"].startswith("Figure 5 on ImageNet-100 (not the paper's setting")
+    assert Path(flatness["data"]).parts[-3:] == ("data", "prepared", "imagenet100")
     detect = results / "detect" / "smoke-moco-mix"
     for setting, keys in (("voc-faster-rcnn-train", ["AP50", "recall"]), ("voc-faster-rcnn-frozen", ["AP50", "recall"]),
                           ("coco-retinanet-frozen", ["bbox_AP", "bbox_AP50", "bbox_AP75"]),
@@ -138,7 +141,8 @@ def test_smoke_dag_end_to_end(tmp_path):
     for number in ("79.8", "80.0", "76.8", "60.8", "76.4", "33.7"):
         assert f"({number}" in markdown, number
     assert "Smoke preset" in markdown and " smoke](#prov-linear-smoke-moco)" in markdown
-    for png in (report / "figure4.png", results / "flatness" / "flatness.png"):
+    assert f"### {flatness['title']}" in markdown
+    for png in (report / "figure4.png", results / "flatness" / "in100" / "flatness.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (report / "report.html").read_text()
     html5lib.HTMLParser(strict=True).parse(html)
@@ -146,4 +150,5 @@ def test_smoke_dag_end_to_end(tmp_path):
     # Snakemake's own report, with the figures and tables as report items
     own = snakemake("--report", str(tmp_path / "snakemake-report.html"), "--configfile", config, cwd=tmp_path)
     assert own.returncode == 0, own.stderr[-2000:]
-    assert "figure4.png" in (tmp_path / "snakemake-report.html").read_text()
+    own_html = (tmp_path / "snakemake-report.html").read_text()
+    assert "figure4.png" in own_html and "Figure 5 on ImageNet-100" in own_html  # the caption takes the title

@@ -26,8 +26,8 @@ from flatmix.pretrain import build_training, training_step
 from flatmix.presets import DEFAULTS, PRESETS
 from flatmix.runconfig import resolve
 
-# The full method of Table 5 (global n = 4 and region n = 5 with decay 0.2, p = 0.5).
-MIXTURE = {"global": {"n": 4, "p": 0.5, "alpha": 1.0}, "region": {"n": 5, "p": 0.5, "beta": 1.0, "decay": 0.2}}
+# The full method of Table 5 (global 4 mixes and region 5 mixes with decay 0.2, p = 0.5).
+MIXTURE = {"global": {"mixes": 4, "p": 0.5, "alpha": 1.0}, "region": {"mixes": 5, "p": 0.5, "beta": 1.0, "decay": 0.2}}
 LOADERS = ("synthetic", *DATA_LOADERS)
 
 # ImageNet's most common image shapes (width, height). At quality 90 the files come out near 78 KB, like
@@ -107,7 +107,7 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
             net = env.wrap(model)
             model.train()
             elapsed = _timed(env, stream, steps, warmup,
-                             lambda v, i: training_step(cfg, net, model, optimizer, mixer, v, i))
+                             lambda v, i: training_step(cfg, net, optimizer, mixer, v, i))
             if env.main:
                 yield {**common, "stage": "train", "mixture": mixed,
                        "pairs_per_s": round(steps * batch_size / elapsed, 1)}

@@ -43,7 +43,7 @@ def _prepare(args):
 
 def _pretrain(args):
     from flatmix import pretrain
-    from flatmix.presets import DEFAULTS, PRESETS
+    from flatmix.presets import DEFAULTS, PRESETS, RENAMED
     from flatmix.runconfig import resolve
     if args.list_presets:
         print("\n".join(PRESETS))
@@ -52,7 +52,7 @@ def _pretrain(args):
         raise FlatmixError("pretrain needs --preset NAME, --config FILE or --set KEY=VALUE (--list-presets shows the names)")
     if args.out is None:
         raise FlatmixError("pretrain needs --out DIR")
-    cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set)
+    cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set, renamed=RENAMED)
     paths.output_folder("--out", args.out)
     paths.refuse_overlap({"--out": args.out}, {"--config": args.config, "data.root": cfg["data"]["root"] or None})
     print(json.dumps(pretrain.run(cfg, args.out, force=args.force)))
@@ -92,7 +92,7 @@ def _flatness(args):
     paths.refuse_overlap({"--out": args.out}, {"--data": args.data,
                                                **{f"--backbone {b}": b.partition("=")[2] for b in args.backbone}})
     print(json.dumps(run(args.backbone, args.data, args.out, image_size=args.image_size,
-                         batch_size=args.batch_size, workers=args.workers)))
+                         batch_size=args.batch_size, workers=args.workers, title=args.title)))
 
 
 def _detect(args):
@@ -211,6 +211,7 @@ def build_parser():
                    help="a named checkpoint (repeat for each curve)")
     p.add_argument("--data", required=True, help="a prepared data set with val/ class folders")
     p.add_argument("--out", required=True, help="folder for flatness.png and flatness.json")
+    p.add_argument("--title", help="the plot's title, also kept in flatness.json (default: Figure 5's)")
     p.add_argument("--image-size", type=_at_least(16), default=224)
     p.add_argument("--batch-size", type=_at_least(1), default=256)
     p.add_argument("--workers", type=_at_least(0), default=8)

@@ -9,10 +9,12 @@ is trained once. The smoke preset stands its four tiny runs in for the paper's r
 Where the paper is silent (see the README):
 - MoCo's mixtures fire with p = 0.5 (the paper: "0.5 or higher values can perform better" for MoCo),
   CMC's with p = 0.1 (Table 4's best and its fixed region p).
-- Table 2 varies the region count without decay, Table 3 the decay with 2 images; Table 4's "G+R" adds a
-  2-image region mixture without decay (the authors' code defaults).
-- Table 5's "+Global" is Table 1's best (n = 4) and "+Region" Tables 2-3's best (n = 5, decay 0.2) for both
-  methods (Table 4's caption: CMC's best uses 4 global images).
+- Counts are mixing steps (`mixes`, the authors' num_mix), Tables 1-2's "numbers of mixtures".
+- Table 2 varies the region count without decay, Table 3 the decay at Table 2's best count (5 mixes: its
+  decay-1.0 cell, 76.5, is not Table 2's 2 mixes, 76.02); Table 4's "G+R" adds a 2-mix region mixture
+  without decay (the authors' code defaults).
+- Table 5's "+Global" is Table 1's best (4 mixes) and "+Region" Tables 2-3's best (5 mixes, decay 0.2) for
+  both methods (Table 4's caption: CMC's best uses global mixtures of 4).
 - The transfer backbones (Tables 7-8) are ImageNet-1K ResNet-50 runs of 200 epochs.
 """
 
@@ -21,18 +23,21 @@ import re
 
 from flatmix import paper
 from flatmix.errors import FlatmixError
-from flatmix.presets import PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture
-from flatmix.runconfig import read_mapping
+from flatmix.presets import MIXES_NOTE, PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture
+from flatmix.runconfig import flatten, read_mapping
 
 PRESET_PARTS = {
     "smoke": (),
     "in100-ablation": ("table1", "table2", "table3", "table4", "figure4"),
-    "in100-main": ("table5", "figure5"),
-    "in1k": ("table6",),
+    "in100-main": ("table5", "figure5-in100"),
+    "in1k": ("table6", "figure5"),
     "transfer": ("table7a", "table7b", "table8a", "table8b"),
 }
 PRESET_PARTS["paper"] = tuple(part for parts in PRESET_PARTS.values() for part in parts)
 PRESETS = tuple(PRESET_PARTS)
+# The parts that make a Figure 5, and the key of each in Experiments.flatness (results/flatness/KEY/): the
+# paper's (ImageNet-1K) first, then the ImageNet-100 one that the smoke and in100-main presets make.
+FIGURE5_PARTS = {"figure5": "in1k", "figure5-in100": "in100"}
 
 # The paper's detection tables: (task, bn, {metric: column}, title, the paper's values per backbone)
 _VOC = {"AP50": "AP50", "recall": "Recall"}
@@ -63,6 +68,15 @@ class Cell:
     run: str | None = None  # the pretraining run behind it (None: random init. or an outside checkpoint)
     smoke: bool = False     # a smoke run standing in for the paper's
     digits: int = 1         # decimals the paper prints
+
+
+@dataclass(frozen=True)
+class Figure5:
+    """One Figure 5: its title, the prepared data set whose whole val/ it is measured on, and the run
+    behind each curve ({label: run})."""
+    title: str
+    dataset: str  # "imagenet100" | "imagenet1k"
+    runs: dict
 
 
 @dataclass
@@ -98,6 +112,20 @@ def detection_result(backbone, task, bn):
     return f"detect/{backbone}/{task}-{bn}/metrics.json"
 
 
+# Keys of `experiments` an earlier flatmix spelled otherwise: `*_n` counted images.
+RENAMED = {"global_n": "global_mixes", "region_n": "region_mixes"}
+
+
+def check_renamed(config):
+    """A one-line error for a key of an earlier flatmix's config, naming the key that replaced it."""
+    experiments = config.get("experiments") if isinstance(config, dict) else None
+    for key in flatten(experiments) if isinstance(experiments, dict) else ():
+        *parents, leaf = key.split(".")
+        if leaf in RENAMED:
+            raise FlatmixError(f"config: experiments.{key} is now "
+                               f"experiments.{'.'.join([*parents, RENAMED[leaf]])} {MIXES_NOTE}")
+
+
 def _get(config, dotted):
     node = config
     for key in dotted.split("."):
@@ -111,6 +139,7 @@ class Experiments:
     """Every table, figure and run of the paper for one workflow config; `preset` picks what to make."""
 
     def __init__(self, config, preset=None):
+        check_renamed(config)
         self.preset = preset or _get(config, "preset")
         if self.preset not in PRESET_PARTS:
             raise FlatmixError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
@@ -120,13 +149,16 @@ class Experiments:
         self.roles = {}         # role ("moco-800", ...) -> run name, for the smoke stand-ins
         self.tables = {}        # key -> Table
         self.figure4 = {}       # method -> series -> [(epochs, Cell)]
-        self.flatness = {}      # label -> run of Figure 5
+        self.flatness = {}      # key ("in1k" | "in100") -> Figure5, of the Figure 5s this preset makes
+        self._figure5 = {}      # the same for every Figure 5 (part_runs asks of any part)
         self.outside = dict(_get(config, "transfer.checkpoints") or {})
         self.standins = {}      # paper run -> the smoke run standing in for it
         self._build()
         if self.preset == "smoke":
             self.standins = {self.roles[role]: smoke for smoke, role in SMOKE_STANDINS.items()}
             self._stand_in()
+        made = {"in100"} if self.preset == "smoke" else {FIGURE5_PARTS[p] for p in self.parts() if p in FIGURE5_PARTS}
+        self.flatness = {key: self._figure5[key] for key in FIGURE5_PARTS.values() if key in made}
 
     # ---- runs -----------------------------------------------------------------------------------
     def _in100(self, method, epochs, mix=None, K=None):
@@ -152,8 +184,8 @@ class Experiments:
     def _ours(self, method, which="G+R"):
         """Table 5's mixtures: '+Global', '+Region' or both, at their best settings."""
         best, p = _get(self.config, f"experiments.best.{method}"), self._p(method)
-        g = {"global_n": best["global_n"], "global_p": p} if "G" in which else {}
-        r = {"region_n": best["region_n"], "region_p": p, "decay": best["decay"]} if "R" in which else {}
+        g = {"global_mixes": best["global_mixes"], "global_p": p} if "G" in which else {}
+        r = {"region_mixes": best["region_mixes"], "region_p": p, "decay": best["decay"]} if "R" in which else {}
         return mixture(**g, **r)
 
     def _linear(self, run, value, digits=1):
@@ -165,21 +197,21 @@ class Experiments:
         moco_p = self._p("moco")
 
         t = e("table1")
-        runs = [self._in100("moco", t["epochs"], mixture(global_n=n, global_p=moco_p)) for n in t["global_n"]]
-        self._table("table1", f"Table 1: MoCo, global mixture of n images, {t['epochs']} epochs (top-1 %)",
-                    [f"n = {n}" for n in t["global_n"]],
-                    [("MoCo + global", [self._linear(r, paper.TABLE1.get(n), 2) for r, n in zip(runs, t["global_n"])])])
+        runs = [self._in100("moco", t["epochs"], mixture(global_mixes=k, global_p=moco_p)) for k in t["global_mixes"]]
+        self._table("table1", f"Table 1: MoCo, number of global mixtures, {t['epochs']} epochs (top-1 %)",
+                    [f"{k} mixes" for k in t["global_mixes"]],
+                    [("MoCo + global", [self._linear(r, paper.TABLE1.get(k), 2) for r, k in zip(runs, t["global_mixes"])])])
 
         t = e("table2")
-        runs = [self._in100("moco", t["epochs"], mixture(region_n=n, region_p=moco_p)) for n in t["region_n"]]
-        self._table("table2", f"Table 2: MoCo, region mixture of n images, {t['epochs']} epochs (top-1 %)",
-                    [f"n = {n}" for n in t["region_n"]],
-                    [("MoCo + region", [self._linear(r, paper.TABLE2.get(n), 2) for r, n in zip(runs, t["region_n"])])])
+        runs = [self._in100("moco", t["epochs"], mixture(region_mixes=k, region_p=moco_p)) for k in t["region_mixes"]]
+        self._table("table2", f"Table 2: MoCo, number of region mixtures, {t['epochs']} epochs (top-1 %)",
+                    [f"{k} mixes" for k in t["region_mixes"]],
+                    [("MoCo + region", [self._linear(r, paper.TABLE2.get(k), 2) for r, k in zip(runs, t["region_mixes"])])])
 
         t = e("table3")
-        runs = [self._in100("moco", t["epochs"], mixture(region_n=t["region_n"], region_p=moco_p, decay=d))
+        runs = [self._in100("moco", t["epochs"], mixture(region_mixes=t["region_mixes"], region_p=moco_p, decay=d))
                 for d in t["decay"]]
-        self._table("table3", f"Table 3: MoCo, context pixel decay ({t['region_n']} images), {t['epochs']} epochs "
+        self._table("table3", f"Table 3: MoCo, context pixel decay ({t['region_mixes']} region mixes), {t['epochs']} epochs "
                     "(top-1 %)", [f"decay {d}" for d in t["decay"]],
                     [("MoCo + region", [self._linear(r, paper.TABLE3.get(d)) for r, d in zip(runs, t["decay"])])])
 
@@ -189,8 +221,8 @@ class Experiments:
         for level in ("G", "G+R"):
             cells = []
             for p in t["global_p"]:
-                mix = mixture(global_n=t["global_n"], global_p=p,
-                              **({"region_n": t["region_n"], "region_p": t["region_p"]} if level == "G+R" else {}))
+                mix = mixture(global_mixes=t["global_mixes"], global_p=p,
+                              **({"region_mixes": t["region_mixes"], "region_p": t["region_p"]} if level == "G+R" else {}))
                 cells.append(self._linear(self._in100("cmc", t["epochs"], mix), paper.TABLE4[level].get(p)))
             rows.append((level, cells))
         self._table("table4", f"Table 4: CMC, global mixture probability, {t['epochs']} epochs (top-1 %)",
@@ -211,7 +243,10 @@ class Experiments:
         self._table("table5", f"Table 5: ImageNet-100, {t['baseline_epochs']} epochs, then {t['epochs']} epochs "
                     "with each mixture (top-1 %)",
                     [f"{t['baseline_epochs']} ep", f"{t['epochs']} ep", "+Global", "+Region", "+Global +Region"], rows)
-        self.flatness = {"MoCo": self.roles["moco-800"], "MoCo + mixtures": self.roles["moco-ours-800"]}
+        self._figure5["in100"] = Figure5(
+            f"Figure 5 on ImageNet-100 (not the paper's setting: Table 5's {t['epochs']}-epoch ResNet-50 runs, "
+            "ImageNet-100 val)", "imagenet100",
+            {"MoCo": self.roles["moco-800"], "MoCo + mixtures": self.roles["moco-ours-800"]})
 
         for method in ("moco", "cmc"):
             self.figure4[method] = {
@@ -227,6 +262,10 @@ class Experiments:
             rows.append((f"{arch} MoCo", [self._linear(self._in1k(arch), P.get("baseline"))]))
             rows.append((f"{arch} ours", [self._linear(self._in1k(arch, self._ours("moco")), P.get("ours"))]))
         self._table("table6", f"Table 6: ImageNet-1K, {t['epochs']} epochs (top-1 %)", ["top-1"], rows)
+        # the paper's Figure 5: Table 6's ResNet-50 runs (the same names: trained once), ImageNet-1K val
+        self._figure5["in1k"] = Figure5(
+            f"Figure 5: ResNet-50 on ImageNet-1K val (Table 6's {t['epochs']}-epoch MoCo and ours)", "imagenet1k",
+            {"MoCo": self._in1k("resnet50"), "MoCo + mixtures": self._in1k("resnet50", self._ours("moco"))})
 
         self._detection_tables()
 
@@ -278,7 +317,9 @@ class Experiments:
             table.rows = [(label, [swap(c) for c in cells]) for label, cells in table.rows]
         self.figure4 = {m: {s: [(ep, swap(c)) for ep, c in pts] for s, pts in series.items()}
                         for m, series in self.figure4.items()}
-        self.flatness = {"MoCo": "smoke-moco", "MoCo + mixtures": "smoke-moco-mix"}
+        figure = self._figure5["in100"]
+        self._figure5["in100"] = replace(figure, title=f"{figure.title}, smoke runs standing in",
+                                         runs={"MoCo": "smoke-moco", "MoCo + mixtures": "smoke-moco-mix"})
 
     # ---- what the preset makes --------------------------------------------------------------------
     def parts(self):
@@ -294,7 +335,7 @@ class Experiments:
     def part_runs(self, part):
         """The pretraining runs one table or figure needs."""
         runs = {c.run for c in self._cells([part]) if c.run}
-        return runs | set(self.flatness.values()) if part == "figure5" else runs
+        return runs | set(self._figure5[FIGURE5_PARTS[part]].runs.values()) if part in FIGURE5_PARTS else runs
 
     def part_detections(self, part):
         """[(backbone, task, bn)] one table fine-tunes; backbone is a run, 'random' or an outside name."""
@@ -322,6 +363,3 @@ class Experiments:
         if self.preset == "smoke":
             return [("smoke-moco-mix", task, bn) for task, bn, *_ in DETECTION_TABLES.values()]
         return list(dict.fromkeys(d for part in self.parts() for d in self.part_detections(part)))
-
-    def makes_flatness(self):
-        return self.preset == "smoke" or "figure5" in self.parts()

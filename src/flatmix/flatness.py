@@ -5,6 +5,7 @@ is the paper's claim for training with mixtures.
 """
 
 from pathlib import Path
+import textwrap
 
 import matplotlib
 import torch
@@ -43,7 +44,10 @@ def measure(checkpoint, data, image_size, batch_size, workers, device):
             "max_probability": curve[0].item(), "curve": curve.tolist()}
 
 
-def plot(models, path):
+TITLE = "Figure 5: flatness of the final-layer distribution"
+
+
+def plot(models, path, title=TITLE):
     """The paper's Figure 5: one curve per model, its mean maximum probability as a dotted line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for i, (name, m) in enumerate(models.items()):
@@ -54,7 +58,7 @@ def plot(models, path):
     ax.set_xscale("log")
     ax.set_xlabel("dimension of the final-layer output, sorted by probability")
     ax.set_ylabel("mean softmax probability")
-    ax.set_title("Figure 5: flatness of the final-layer distribution")
+    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
@@ -62,8 +66,9 @@ def plot(models, path):
     plt.close(fig)
 
 
-def run(named_checkpoints, data, out, image_size=224, batch_size=256, workers=8):
-    """Measure every NAME=CKPT pair; writes DIR/flatness.json and DIR/flatness.png."""
+def run(named_checkpoints, data, out, image_size=224, batch_size=256, workers=8, title=None):
+    """Measure every NAME=CKPT pair; writes DIR/flatness.json and DIR/flatness.png, titled `title`."""
+    title = title or TITLE
     if not (Path(data) / "val").is_dir():
         raise FlatmixError(f"--data {data}: {Path(data) / 'val'} is not a folder of class folders")
     models = {}
@@ -79,7 +84,7 @@ def run(named_checkpoints, data, out, image_size=224, batch_size=256, workers=8)
         name, _, checkpoint = item.partition("=")
         models[name] = measure(checkpoint, data, image_size, batch_size, workers, device)
     out = Path(out)
-    plot(models, out / "flatness.png")
-    atomic.write_json(out / "flatness.json", {"data": str(data), "image_size": image_size, "models": models,
-                                              "provenance": provenance.collect()})
+    plot(models, out / "flatness.png", title)
+    atomic.write_json(out / "flatness.json", {"title": title, "data": str(data), "image_size": image_size,
+                                              "models": models, "provenance": provenance.collect()})
     return {name: m["max_probability"] for name, m in models.items()}

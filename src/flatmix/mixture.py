@@ -1,9 +1,12 @@
-"""The paper's core: global (eq. 3) and region-level (eqs. 4-5) image mixtures, and the sampler that
-draws their parameters the way the authors' code did.
+"""The paper's method in one place: global (eq. 3) and region-level (eqs. 4-5) image mixtures, and the
+`Mixer` that applies them to a process's batch the way the authors' code (Un-Mix's `IM/mixture.py`,
+classes GM and RM) did.
 
-Both mixtures are batched tensor ops on any device (one small loop over the n - 1 mixing steps, none
-over samples) and leave their input untouched. A step that did not fire is the identity: lam = 1 for
-the global mixture, an empty box for the region mixture.
+The count of a level is `mixes`, the authors' `num_mix`: mixing steps, each of which fires with
+probability p and mixes ONE more partner into the running image, so 2 mixes blend up to 3 images. Both
+mixtures are batched tensor ops on any device (one small loop over the steps, none over samples) and leave
+their input untouched. A step that did not fire is the identity: lam = 1 for the global mixture, an empty
+box for the region mixture.
 """
 
 from dataclasses import dataclass
@@ -11,17 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flatmix.distributed import concat_all_gather
 
-def global_mix(x, partners, lam):
-    """Eq. (3): m_0 = x, m_k = lam_k * m_{k-1} + (1 - lam_k) * x[partners_k].
 
-    x: [B, C, H, W]; partners: LongTensor [S, B] of batch indices (one row per step); lam: [S, B].
+def global_mix(x, partners, lam, pool=None):
+    """Eq. (3): m_0 = x, m_k = lam_k * m_{k-1} + (1 - lam_k) * pool[partners_k].
+
+    x: [B, C, H, W]; pool: the images partners index (default x); partners: LongTensor [S, B], one row
+    per step; lam: [S, B].
     """
+    pool = x if pool is None else pool
     m = x
     lam = lam.to(dtype=x.dtype, device=x.device)
     for step in range(partners.shape[0]):
         l = lam[step].view(-1, 1, 1, 1)
-        m = l * m + (1 - l) * x[partners[step]]
+        m = l * m + (1 - l) * pool[partners[step]]
     return m
 
 
@@ -34,14 +41,16 @@ def box_masks(boxes, height, width):
     return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
 
 
-def region_mix(x, partners, boxes, decay):
+def region_mix(x, partners, boxes, decay, pool=None):
     """Eqs. (4)-(5) with context pixel decay.
 
-    m_1 = M_1 * x[partners_1] + d * (1 - M_1) * x, with d = decay where the first box is non-empty
+    m_1 = M_1 * pool[partners_1] + d * (1 - M_1) * x, with d = decay where the first box is non-empty
     (the authors decay only when the first step fires) and 1 elsewhere;
-    m_k = M_k * x[partners_k] + (1 - M_k) * m_{k-1} for k > 1.
-    x: [B, C, H, W]; partners: LongTensor [S, B]; boxes: LongTensor [S, B, 4] as (y1, x1, y2, x2).
+    m_k = M_k * pool[partners_k] + (1 - M_k) * m_{k-1} for k > 1.
+    x: [B, C, H, W]; pool: the images partners index (default x); partners: LongTensor [S, B];
+    boxes: LongTensor [S, B, 4] as (y1, x1, y2, x2).
     """
+    pool = x if pool is None else pool
     _, _, height, width = x.shape
     boxes = boxes.to(x.device)
     m = x
@@ -51,22 +60,22 @@ def region_mix(x, partners, boxes, decay):
             fired = (boxes[0, :, 2] > boxes[0, :, 0]) & (boxes[0, :, 3] > boxes[0, :, 1])
             d = torch.where(fired, torch.as_tensor(decay, dtype=x.dtype, device=x.device),
                             torch.ones((), dtype=x.dtype, device=x.device)).view(-1, 1, 1, 1)
-            m = mask * x[partners[0]] + d * (1 - mask) * m
+            m = mask * pool[partners[0]] + d * (1 - mask) * m
         else:
-            m = mask * x[partners[step]] + (1 - mask) * m
+            m = mask * pool[partners[step]] + (1 - mask) * m
     return m
 
 
-@dataclass
+@dataclass(frozen=True)
 class GlobalConfig:
-    n: int = 1          # images in a mixture (n - 1 mixing steps); 1 turns the mixture off
+    mixes: int = 0      # mixing steps (the authors' num_mix); 0 turns the level off
     p: float = 0.0      # probability that each step fires
     alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegionConfig:
-    n: int = 1
+    mixes: int = 0
     p: float = 0.0
     beta: float = 1.0   # lam ~ Beta(beta, beta); the box side is sqrt(1 - lam) of the image side
     decay: float = 1.0  # context pixel decay of the first step; 1.0 = none
@@ -74,18 +83,22 @@ class RegionConfig:
 
 @dataclass
 class MixDraw:
-    """One batch's mixture parameters (on the CPU; the mixtures move them to the images' device)."""
+    """One batch's mixture parameters (on the CPU; applying moves them to the images' device). Partners
+    are indices into the global batch: every process's images, gathered in rank order."""
     global_partners: torch.Tensor  # [Sg, B]
     global_lam: torch.Tensor       # [Sg, B]
     region_partners: torch.Tensor  # [Sr, B]
     region_boxes: torch.Tensor     # [Sr, B, 4]
+    decay: float
 
-    def apply(self, x, decay):
-        """region(global(x)), as the authors' code: region mixing on top of global mixing."""
+    def apply(self, x, pool):
+        """region(global(x)), as the authors' code (RM wraps GM): a region partner is itself globally
+        mixed. `pool` is the global batch x belongs to; the globally mixed one is gathered here."""
         if self.global_partners.shape[0]:
-            x = global_mix(x, _to(self.global_partners, x.device), _to(self.global_lam, x.device))
+            x = global_mix(x, _to(self.global_partners, x.device), _to(self.global_lam, x.device), pool)
         if self.region_partners.shape[0]:
-            x = region_mix(x, _to(self.region_partners, x.device), _to(self.region_boxes, x.device), decay)
+            pool = concat_all_gather(x) if self.global_partners.shape[0] else pool
+            x = region_mix(x, _to(self.region_partners, x.device), _to(self.region_boxes, x.device), self.decay, pool)
         return x
 
 
@@ -96,27 +109,63 @@ def _to(tensor, device):
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-class MixtureSampler:
-    """Draws partners (a fresh permutation of the batch per step), lam ~ Beta, per-step firing with
-    probability p, and CutMix boxes, from its own seeded generator whose state is checkpointed."""
+class Mixer:
+    """The mixtures of one process of a run (`mixture` section of the run spec).
 
-    def __init__(self, global_cfg, region_cfg, seed):
-        self.global_cfg, self.region_cfg = global_cfg, region_cfg
-        self.rng = np.random.Generator(np.random.PCG64(seed))
+    Per step of a level and per sample: a partner drawn uniformly from the global batch, never the sample
+    itself (the authors draw from the whole training set, each partner with its own augmentation; the
+    global batch is a uniform sample of it), lam ~ Beta, firing with probability p, and for the region
+    level a CutMix box. With joint views (the authors' code) the query and key views share partners, lam
+    and boxes. Draws come from the Mixer's own generator, seeded per rank and checkpointed, so a resumed
+    run draws what the uninterrupted run would have.
 
-    def _steps(self, n, p, a, batch):
-        steps = max(n - 1, 0)
-        partners = np.stack([self.rng.permutation(batch) for _ in range(steps)]) if steps else \
-            np.zeros((0, batch), dtype=np.int64)
-        lam = self.rng.beta(a, a, size=(steps, batch))
-        fired = self.rng.random((steps, batch)) < p
+    Un-Mix (AAAI 2022, MoCo only) is here too: `unmix_queries` mixes the queries with the reversed batch.
+    """
+
+    def __init__(self, mixture, seed, rank=0):
+        self.global_cfg = GlobalConfig(**mixture["global"])
+        self.region_cfg = RegionConfig(**mixture["region"])
+        self.joint = mixture["views"] == "joint"
+        self.unmix = mixture["unmix"]
+        self.rank = rank
+        self.rng = np.random.Generator(np.random.PCG64([seed, rank]))
+
+    @property
+    def on(self):
+        return self.global_cfg.mixes > 0 or self.region_cfg.mixes > 0
+
+    def __call__(self, views):
+        """The views with the mixtures applied: the first (query) view, and with joint views every view,
+        the same draw for each; the others unchanged."""
+        if not self.on:
+            return views
+        mixed = len(views) if self.joint else 1
+        pools = [concat_all_gather(v) for v in views[:mixed]]
+        batch, _, height, width = views[0].shape
+        draw = self.draw(batch, pools[0].shape[0], height, width)
+        return [draw.apply(v, pool) for v, pool in zip(views, pools)] + list(views[mixed:])
+
+    def _partners(self, steps, batch, pool_size):
+        """[steps, batch] indices into the global batch, uniform over all but each sample's own."""
+        if pool_size < 2:
+            raise ValueError("a mixture needs a global batch of at least 2 images")
+        own = self.rank * batch + np.arange(batch)
+        drawn = self.rng.integers(0, pool_size - 1, size=(steps, batch))
+        return drawn + (drawn >= own)
+
+    def _steps(self, mixes, p, a, batch, pool_size):
+        partners = self._partners(mixes, batch, pool_size)
+        lam = self.rng.beta(a, a, size=(mixes, batch))
+        fired = self.rng.random((mixes, batch)) < p
         return partners, lam, fired
 
-    def draw(self, batch, height, width):
+    def draw(self, batch, pool_size, height, width):
+        """The parameters of one batch of `batch` samples, partners taken from a global batch of
+        `pool_size` (this process's samples at rank * batch onwards)."""
         g = self.global_cfg
-        g_partners, g_lam, g_fired = self._steps(g.n, g.p, g.alpha, batch)
+        g_partners, g_lam, g_fired = self._steps(g.mixes, g.p, g.alpha, batch, pool_size)
         r = self.region_cfg
-        r_partners, r_lam, r_fired = self._steps(r.n, r.p, r.beta, batch)
+        r_partners, r_lam, r_fired = self._steps(r.mixes, r.p, r.beta, batch, pool_size)
         # CutMix boxes (Yun et al.'s rand_bbox): side sqrt(1 - lam) of the image side, uniform centre,
         # clipped to the image.
         cut = np.sqrt(1.0 - r_lam)
@@ -131,12 +180,15 @@ class MixtureSampler:
             global_lam=torch.from_numpy(np.where(g_fired, g_lam, 1.0)).float(),
             region_partners=torch.from_numpy(r_partners.astype(np.int64)),
             region_boxes=torch.from_numpy(boxes.astype(np.int64)).reshape(r_lam.shape + (4,)),
+            decay=r.decay,
         )
 
-    def unmix_lam(self):
-        """Un-Mix's one lam for the whole batch, ~ Beta(alpha, alpha) of the global mixture."""
+    def unmix_queries(self, queries):
+        """Un-Mix's mixed queries and their one lam ~ Beta(alpha, alpha) of the global level: the batch
+        mixed with itself reversed."""
         a = self.global_cfg.alpha
-        return float(self.rng.beta(a, a))
+        lam = float(self.rng.beta(a, a))
+        return lam * queries + (1 - lam) * queries.flip(0), lam
 
     def state_dict(self):
         return {"bit_generator": self.rng.bit_generator.state}

@@ -5,14 +5,14 @@ Linear top-1 (%) for Tables 1-6 and Figure 4; VOC AP50/recall and COCO AP (%) fo
 Figure 4's values are read off the authors' plot (approximate); None marks a "–" in the paper.
 """
 
-# Table 1: MoCo, 400 epochs, global mixture of n images
+# Table 1: MoCo, 400 epochs, by the number of global mixtures (mixing steps)
 TABLE1 = {2: 76.16, 3: 76.24, 4: 76.30, 5: 75.64, 6: 75.86, 7: 75.96}
-# Table 2: MoCo, 400 epochs, region mixture of n images
+# Table 2: MoCo, 400 epochs, by the number of region mixtures (mixing steps)
 TABLE2 = {2: 76.02, 3: 76.16, 4: 75.56, 5: 76.36, 6: 75.66, 7: 75.44}
 # Table 3: MoCo, 400 epochs, context pixel decay
 TABLE3 = {0.1: 76.3, 0.2: 76.8, 0.3: 76.3, 0.4: 76.0, 0.5: 76.2, 0.6: 76.5, 0.7: 75.9, 0.8: 75.8, 0.9: 76.2,
           0.99: 76.3, 1.0: 76.5}
-# Table 4: CMC, 800 epochs, global probability p (global n = 2; region p = 0.1 in G+R)
+# Table 4: CMC, 800 epochs, global probability p (2 global mixes; region p = 0.1 in G+R)
 TABLE4 = {"baseline": 78.7,
           "G": {0.1: 79.4, 0.2: 79.1, 0.3: 78.6, 0.4: 77.7},
           "G+R": {0.1: 79.7, 0.2: 79.4, 0.3: 79.0, 0.4: 78.2}}

@@ -2,9 +2,10 @@
 smoke runs.
 
 A name says what the run is: data set, method, mixtures, epochs, negatives. For example
-`in100-moco-g4p0.5-e400-k16384` is MoCo on ImageNet-100 with a global mixture of 4 images fired with
-probability 0.5, 400 epochs, K = 16384; `-r5p0.5d0.2` is a region mixture of 5 images with context
-decay 0.2. Tables that need the same run share it by name (flatmix.experiments builds them from config).
+`in100-moco-gm4p0.5-e400-k16384` is MoCo on ImageNet-100 with a global mixture of 4 mixing steps (up to 5
+images) each fired with probability 0.5, 400 epochs, K = 16384; `-rm5p0.5d0.2` is a region mixture of 5
+mixing steps with context decay 0.2. Tables that need the same run share it by name (flatmix.experiments
+builds them from config).
 
 The step schedule x0.1 at 120/160/200 of 240 epochs (ImageNet-100) and at 120/160 of 200 (ImageNet-1K)
 is scaled to the epoch budget; runs train in bf16 autocast with channels_last (the authors: fp32).
@@ -29,8 +30,9 @@ DEFAULTS = {
         # Un-Mix (AAAI 2022, MoCo only): also mix the queries with the reversed batch (one lam per batch)
         # and add lam * L(mixed, keys) + (1 - lam) * L(mixed, reversed keys) to the loss
         "unmix": False,
-        "global": {"n": 1, "p": 0.0, "alpha": 1.0},
-        "region": {"n": 1, "p": 0.0, "beta": 1.0, "decay": 1.0},
+        # mixes: mixing steps, each fired with probability p, adding one partner (the authors' num_mix); 0: off
+        "global": {"mixes": 0, "p": 0.0, "alpha": 1.0},
+        "region": {"mixes": 0, "p": 0.0, "beta": 1.0, "decay": 1.0},
     },
     "train": {
         "epochs": 240,
@@ -74,8 +76,8 @@ SCHEMA = _obj(
     cmc=_obj(K=_int(1), T=_num(0, above=True), momentum=_num(0, 1), colour={"enum": ["YCbCr", "Lab"]}),
     mixture=_obj(
         views={"enum": ["joint", "query"]}, unmix={"type": "boolean"},
-        **{"global": _obj(n=_int(1), p=_num(0, 1), alpha=_num(0, above=True))},
-        region=_obj(n=_int(1), p=_num(0, 1), beta=_num(0, above=True), decay=_num(0, 1)),
+        **{"global": _obj(mixes=_int(0), p=_num(0, 1), alpha=_num(0, above=True))},
+        region=_obj(mixes=_int(0), p=_num(0, 1), beta=_num(0, above=True), decay=_num(0, 1)),
     ),
     train=_obj(
         epochs=_int(1), batch_size=_int(1), lr=_num(0, above=True), momentum=_num(0, 1), weight_decay=_num(0),
@@ -90,23 +92,28 @@ SCHEMA = _obj(
 _GPU = {"precision": "bf16", "channels_last": True}
 
 
-def mixture(global_n=1, global_p=0.0, region_n=1, region_p=0.0, decay=1.0):
-    """The `mixture` section of a run; a level with n = 1 is off and left out."""
+# Keys an earlier flatmix spelled otherwise, and what the new key says.
+MIXES_NOTE = "(mixing steps, the authors' num_mix; n images were n - 1 mixes)"
+RENAMED = {"mixture.global.n": f"mixture.global.mixes {MIXES_NOTE}", "mixture.region.n": f"mixture.region.mixes {MIXES_NOTE}"}
+
+
+def mixture(global_mixes=0, global_p=0.0, region_mixes=0, region_p=0.0, decay=1.0):
+    """The `mixture` section of a run; a level with 0 mixes is off and left out."""
     mix = {}
-    if global_n > 1:
-        mix["global"] = {"n": global_n, "p": global_p}
-    if region_n > 1:
-        mix["region"] = {"n": region_n, "p": region_p, "decay": decay}
+    if global_mixes:
+        mix["global"] = {"mixes": global_mixes, "p": global_p}
+    if region_mixes:
+        mix["region"] = {"mixes": region_mixes, "p": region_p, "decay": decay}
     return mix
 
 
 def _tag(mix):
     tag = ""
     if "global" in mix:
-        tag += f"-g{mix['global']['n']}p{mix['global']['p']}"
+        tag += f"-gm{mix['global']['mixes']}p{mix['global']['p']}"
     if "region" in mix:
         r = mix["region"]
-        tag += f"-r{r['n']}p{r['p']}d{r['decay']}"
+        tag += f"-rm{r['mixes']}p{r['p']}d{r['decay']}"
     return tag
 
 
@@ -146,7 +153,7 @@ def _smoke(method, mixed):
     else:
         run["cmc"] = {"K": 32}
     if mixed:  # both levels, firing often enough to matter within a few steps
-        run["mixture"] = mixture(global_n=4, global_p=0.5, region_n=5, region_p=0.5, decay=0.2)
+        run["mixture"] = mixture(global_mixes=4, global_p=0.5, region_mixes=5, region_p=0.5, decay=0.2)
     return run
 
 

@@ -4,7 +4,7 @@ torchrun on any number of GPUs and nodes.
 The global batch size and learning rate mean the same whatever the number of processes. DIR/last.pth
 (atomic) holds everything needed to continue exactly: the model with its queue or memory bank, the
 optimizer, the epoch and step, and every process's random states (torch, CUDA, numpy, python, the
-mixture sampler); data order and augmentations are functions of (seed, epoch, index). A restarted
+Mixer); data order and augmentations are functions of (seed, epoch, index). A restarted
 command resumes from it by itself. SIGTERM or SIGUSR1 (SLURM pre-emption) saves it mid-epoch and exits
 with status 143, so that a requeued job continues. DIR/checkpoint.pth is written once, at the end.
 """
@@ -27,7 +27,7 @@ from flatmix.checkpoint_io import load_own_state
 from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
-from flatmix.mixture import GlobalConfig, MixtureSampler, RegionConfig
+from flatmix.mixture import Mixer
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
 from flatmix.models.resnet import ARCHS
@@ -53,6 +53,8 @@ def _validate(cfg):
         (cfg["model"]["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {cfg['model']['arch']!r}"),
         (cfg["data"]["loader"] in LOADERS, f"data.loader must be one of {', '.join(LOADERS)}, got {cfg['data']['loader']!r}"),
         (not (cfg["mixture"]["unmix"] and cfg["method"] == "cmc"), "mixture.unmix is defined for MoCo only"),
+        (cfg["train"]["batch_size"] >= 2 or not (cfg["mixture"]["global"]["mixes"] or cfg["mixture"]["region"]["mixes"]),
+         "the mixtures need train.batch_size of at least 2 (a partner is another image of the global batch)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -82,8 +84,8 @@ def build_model(cfg, n_data):
 
 def build_training(cfg, env, n_data):
     """The model on its device (in its memory format, its encoders compiled if asked), its SGD optimizer
-    (fused on a GPU) and this rank's mixture sampler."""
-    t, mix = cfg["train"], cfg["mixture"]
+    (fused on a GPU) and this rank's Mixer."""
+    t = cfg["train"]
     model = build_model(cfg, n_data).to(env.device)
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -93,58 +95,56 @@ def build_training(cfg, env, n_data):
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
                                 momentum=t["momentum"], weight_decay=t["weight_decay"],
                                 fused=env.device.type == "cuda")
-    mixer = MixtureSampler(GlobalConfig(**mix["global"]), RegionConfig(**mix["region"]), seed=[cfg["seed"], env.rank])
+    mixer = Mixer(cfg["mixture"], cfg["seed"], env.rank)
     return model, optimizer, mixer
 
 
-def training_step(cfg, net, model, optimizer, mixer, views, index):
-    """One step on a batch of normalised views: the mixtures, forward, loss, update; returns the loss.
+def contrastive_loss(method, net, mixer, views, index):
+    """The method's loss on a batch of (mixed) views: MoCo's InfoNCE (with Un-Mix's two extra terms when
+    on) or CMC's two-way loss against the memory bank."""
+    if method == "cmc":
+        return cmc_loss(*net(views[0], index))
+    if not mixer.unmix:
+        return info_nce(net(*views))
+    im_mix, lam = mixer.unmix_queries(views[0])
+    logits, logits_mix, logits_reversed = net(*views, im_mix)
+    return info_nce(logits) + lam * info_nce(logits_mix) + (1 - lam) * info_nce(logits_reversed)
 
-    `net` is `model` itself, or `model` wrapped in DistributedDataParallel.
+
+def training_step(cfg, net, optimizer, mixer, views, index):
+    """One step on a batch of normalised views: the mixtures, forward and loss, update; returns the loss.
+
+    `net` is the model itself, or the model wrapped in DistributedDataParallel.
     """
-    mix, t = cfg["mixture"], cfg["train"]
+    t = cfg["train"]
+    views = mixer(views)
     if t["channels_last"]:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    if mix["global"]["n"] > 1 or mix["region"]["n"] > 1:
-        batch_size, _, height, width = views[0].shape
-        draw = mixer.draw(batch_size, height, width)
-        views[0] = draw.apply(views[0], mix["region"]["decay"])
-        if len(views) == 2 and mix["views"] == "joint":
-            views[1] = draw.apply(views[1], mix["region"]["decay"])
-    device_type = views[0].device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
-        if cfg["method"] == "moco" and mix["unmix"]:
-            lam = mixer.unmix_lam()
-            im_mix = lam * views[0] + (1 - lam) * views[0].flip(0)
-            logits, logits_mix, logits_reversed = net(views[0], views[1], im_mix)
-            loss = info_nce(logits) + lam * info_nce(logits_mix) + (1 - lam) * info_nce(logits_reversed)
-        elif cfg["method"] == "moco":
-            loss = info_nce(net(views[0], views[1]))
-        else:
-            loss = cmc_loss(*net(views[0], index))
+    with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
+        loss = contrastive_loss(cfg["method"], net, mixer, views, index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss
 
 
-def _rng_state(sampler):
+def _rng_state(mixer):
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": random.getstate(),
-            "mixture": sampler.state_dict()}
+            "mixture": mixer.state_dict()}
 
 
-def _set_rng_state(state, sampler):
+def _set_rng_state(state, mixer):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     name, key, *rest = state["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
     random.setstate(state["python"])
-    sampler.load_state_dict(state["mixture"])
+    mixer.load_state_dict(state["mixture"])
 
 
 def _config_difference(saved, cfg):
@@ -275,7 +275,7 @@ def _train(cfg, out, env, force):
         model.train()
         tick, window = time.perf_counter(), 0
         for step, (*views, index) in enumerate(batches.epoch(epoch, start_step), start=start_step):
-            loss = training_step(cfg, net, model, optimizer, mixer, views, index)
+            loss = training_step(cfg, net, optimizer, mixer, views, index)
             window += 1
             bar.update()
             if (step + 1) % t["log_every"] == 0 or step + 1 == steps:

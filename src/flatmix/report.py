@@ -122,6 +122,19 @@ def _data_uri(path):
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def figure5_view(experiments, results):
+    """[{key, title, maxima, png}] of the Figure 5s this preset makes, in order; a figure whose
+    flatness.json or flatness.png is not there yet has maxima and png None (pending)."""
+    figures = []
+    for key, figure in experiments.flatness.items():
+        doc = results.read(f"flatness/{key}/flatness.json")
+        png = results.root / "flatness" / key / "flatness.png"
+        made = doc is not None and png.is_file()
+        figures.append({"key": key, "title": figure.title, "png": png if made else None,
+                        "maxima": {name: m["max_probability"] for name, m in doc["models"].items()} if made else None})
+    return figures
+
+
 def build_view(experiments, results, config_path):
     tables, cells = [], []
     for table in experiments.tables.values():
@@ -137,8 +150,6 @@ def build_view(experiments, results, config_path):
         if cell.result not in seen:
             seen.add(cell.result)
             entries.append(_provenance_entry(cell, results))
-    flatness_file = results.root / "flatness" / "flatness.json"
-    flatness = json.loads(flatness_file.read_text()) if flatness_file.is_file() else None
     return {
         "preset": experiments.preset,
         "smoke": experiments.preset == "smoke",
@@ -149,7 +160,7 @@ def build_view(experiments, results, config_path):
         "tables": tables,
         "made": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] in ("made", "smoke")),
         "pending": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] == "pending"),
-        "flatness": {name: m["max_probability"] for name, m in flatness["models"].items()} if flatness else None,
+        "figure5": figure5_view(experiments, results),
         "entries": entries,
     }
 
@@ -166,10 +177,12 @@ def run(config_path, results_dir, out):
     out.mkdir(parents=True, exist_ok=True)
     figure4(experiments, results, out / "figure4.png")
     view = build_view(experiments, results, config_path)
-    figure5 = results.root / "flatness" / "flatness.png"
+    # each made Figure 5: linked beside the report in Markdown, embedded in the HTML
+    linked = [dict(f, src=f["png"] and Path("..", "flatness", f["key"], "flatness.png").as_posix())
+              for f in view["figure5"]]
+    embedded = [dict(f, src=f["png"] and _data_uri(f["png"])) for f in view["figure5"]]
     atomic.write_text(out / "report.md", TEMPLATES.get_template("report.md.j2").render(
-        **view, figure4="figure4.png",
-        figure5=Path("..", "flatness", "flatness.png").as_posix() if figure5.is_file() else None))
+        **dict(view, figure5=linked), figure4="figure4.png"))
     atomic.write_text(out / "report.html", TEMPLATES.get_template("report.html.j2").render(
-        **view, figure4=_data_uri(out / "figure4.png"), figure5=_data_uri(figure5) if figure5.is_file() else None))
+        **dict(view, figure5=embedded), figure4=_data_uri(out / "figure4.png")))
     return {"report": str(out / "report.html"), "cells_made": view["made"], "cells_pending": view["pending"]}

@@ -1,4 +1,4 @@
-"""Run specifications: nested dicts addressed by dotted keys (`train.epochs`, `mixture.global.n`).
+"""Run specifications: nested dicts addressed by dotted keys (`train.epochs`, `mixture.global.mixes`).
 
 A run is DEFAULTS, then a named preset, then a YAML file, then `--set key=value` overrides; every key
 must exist in DEFAULTS and keep its type, and a wrong key is refused with the nearest valid names.
@@ -86,7 +86,9 @@ def nearest(name, names):
     return f"; nearest: {', '.join(close)}" if close else ""
 
 
-def _checked(defaults, key, value, where):
+def _checked(defaults, key, value, where, renamed):
+    if key in renamed:
+        raise FlatmixError(f"key {key!r} in {where} is now {renamed[key]}")
     if key not in defaults:
         raise FlatmixError(f"unknown key {key!r} in {where}{nearest(key, defaults)}")
     default = defaults[key]
@@ -104,8 +106,9 @@ def _checked(defaults, key, value, where):
     return value
 
 
-def resolve(defaults, presets, preset=None, config_file=None, sets=()):
-    """The full nested run spec; raises FlatmixError naming any unknown preset, key or bad value."""
+def resolve(defaults, presets, preset=None, config_file=None, sets=(), renamed=None):
+    """The full nested run spec; raises FlatmixError naming any unknown preset, key or bad value, and the
+    new name of a key in `renamed` ({old: new})."""
     flat_defaults = flatten(defaults)
     flat = dict(flat_defaults)
     layers = []
@@ -127,5 +130,5 @@ def resolve(defaults, presets, preset=None, config_file=None, sets=()):
     layers.append((overrides, "--set"))
     for layer, where in layers:
         for key, value in layer.items():
-            flat[key] = _checked(flat_defaults, key, value, where)
+            flat[key] = _checked(flat_defaults, key, value, where, renamed or {})
     return unflatten(flat)

@@ -181,9 +181,11 @@ def pretrain_settings(run, data):
     return set_args({**spec, "data": {**spec.get("data", {}), "root": str(data)}})
 
 
-def flatness_backbones():
-    """`flatmix flatness`'s `--backbone NAME=CHECKPOINT` arguments, one per curve of Figure 5."""
-    return [arg for name, run in EXPERIMENTS.flatness.items() for arg in ("--backbone", f"{name}={pretrained(run)}")]
+def flatness_backbones(figure):
+    """`flatmix flatness`'s `--backbone NAME=CHECKPOINT` arguments, one per curve of a Figure 5 ("in1k",
+    "in100": EXPERIMENTS.flatness)."""
+    return [arg for name, run in EXPERIMENTS.flatness[figure].runs.items()
+            for arg in ("--backbone", f"{name}={pretrained(run)}")]
 
 
 def detection_backbone(backbone):
@@ -200,4 +202,5 @@ def linear_results():
 
 
 def flatness_outputs():
-    return [results("flatness/flatness.png")] if EXPERIMENTS.makes_flatness() else []
+    """The Figure 5s this preset makes, one folder each."""
+    return [results(f"flatness/{figure}/flatness.png") for figure in EXPERIMENTS.flatness]

@@ -1,4 +1,5 @@
-# Evaluation: backbone conversion, the linear probe on each pretraining run, and Figure 5.
+# Evaluation: backbone conversion, the linear probe on each pretraining run, and Figure 5 (one per
+# EXPERIMENTS.flatness key: the paper's on ImageNet-1K, the ImageNet-100 one of smoke and in100-main).
 
 
 rule convert:
@@ -45,20 +46,23 @@ rule linear:
 
 rule flatness:
     input:
-        checkpoints=[pretrained(run) for run in EXPERIMENTS.flatness.values()],
-        data=prepared("imagenet100"),
+        checkpoints=lambda wildcards: [pretrained(run) for run in EXPERIMENTS.flatness[wildcards.figure].runs.values()],
+        data=lambda wildcards: prepared(EXPERIMENTS.flatness[wildcards.figure].dataset),
     output:
-        png=report(results("flatness/flatness.png"), caption="../report/figure5.rst", category="Figures"),
-        json=results("flatness/flatness.json"),
+        png=report(results("flatness/{figure}/flatness.png"), caption="../report/figure5.rst", category="Figures"),
+        json=results("flatness/{figure}/flatness.json"),
+    wildcard_constraints:
+        figure=one_of(EXPERIMENTS.flatness),
     params:
-        backbones=flatness_backbones(),
+        backbones=lambda wildcards: flatness_backbones(wildcards.figure),
+        title=lambda wildcards: EXPERIMENTS.flatness[wildcards.figure].title,
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output.png).parent,
         image_size=(config["smoke"]["flatness"] if SMOKE else config["flatness"])["image_size"],
     resources:
         **job_resources("flatness"),
     log:
-        results("logs/flatness.log"),
+        results("logs/flatness/{figure}.log"),
     shell:
         "flatmix flatness {params.backbones:q} --data {params.data:q} --out {params.out:q}"
-        " --image-size {params.image_size:q} 2> {log:q}"
+        " --image-size {params.image_size:q} --title {params.title:q} 2> {log:q}"
