@@ -3,6 +3,7 @@
 import os
 import sys
 
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from flatmix.errors import FlatmixError
@@ -31,6 +32,12 @@ include: "workflow/rules/report.smk"
 
 
 report: "workflow/report/workflow.rst"
+
+
+onsuccess:
+    # The one file to open after a run, said last rather than left among the jobs' lines.
+    if os.path.exists(results("report/report.html")):
+        logger.info(f"flatmix: the report is {os.path.abspath(results('report/report.html'))}")
 
 
 rule all:

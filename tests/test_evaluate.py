@@ -1,6 +1,7 @@
 """The linear probe (frozen backbone, protocol, resume) and Figure 5."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from flatmix.models.cmc import CMC
 from flatmix.models.moco import MoCo
 from conftest import assert_one_line_error, run_flatmix
 from test_pretrain import BIN
+from test_progress import plain_lines
 
 
 def _flatmix_checkpoint(path, method, seed=0):
@@ -89,6 +91,17 @@ def test_probe_resumes_exactly_after_a_kill(prepared, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_probe_progress_off_a_terminal_is_plain_lines(prepared, tmp_path):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    result = run_flatmix("linear", "--backbone", ckpt, "--data", prepared, "--epochs", "2", "--batch-size", "32",
+                         "--image-size", "32", "--workers", "0", "--out", tmp_path / "probe")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = plain_lines(result.stderr, "linear")
+    for epoch in (1, 2):  # each epoch's end at least
+        assert any(re.match(rf"linear epoch {epoch}/2 step (\d+)/\1 loss \d+\.\d{{4}} lr [\d.e-]+ [\d,]+ img/s ", line)
+                   for line in lines), lines
+
+
 def test_probe_bad_inputs(prepared, tmp_path):
     ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
     assert_one_line_error(run_flatmix("linear", "--backbone", ckpt, "--data", tmp_path / "nowhere",
@@ -117,6 +130,16 @@ def test_figure5_png_and_json(prepared, tmp_path):
         assert m["max_probability"] == curve[0]
     assert_one_line_error(run_flatmix("flatness", "--backbone", str(a), "--data", prepared, "--out", tmp_path / "x"),
                           "NAME=CHECKPOINT")
+
+
+def test_figure5_progress_off_a_terminal_is_plain_lines(prepared, tmp_path):
+    (tmp_path / "run-a").mkdir()
+    a = _flatmix_checkpoint(tmp_path / "run-a" / "checkpoint.pth", "moco")
+    result = run_flatmix("flatness", "--backbone", f"A={a}", "--data", prepared, "--out", tmp_path / "fig",
+                         "--image-size", "32", "--workers", "0", "--batch-size", "16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = plain_lines(result.stderr, "flatness run-a")
+    assert lines and re.match(r"flatness run-a batch 7/7 [\d,]+ img/s ", lines[-1]), lines  # 100 images
 
 
 def test_probe_under_torchrun(prepared, tmp_path):

@@ -276,5 +276,5 @@ def test_compiled_encoders_keep_their_keys_and_train():
     model, optimizer, mixer = build_training(cfg, env, n_data=64)
     assert model.state_dict().keys() == plain.state_dict().keys()
     views = [torch.randn(8, 3, 32, 32) for _ in range(2)]
-    losses = [training_step(cfg, model, optimizer, mixer, list(views), torch.arange(8)).item() for _ in range(2)]
+    losses = [training_step(cfg, model, optimizer, mixer, list(views), torch.arange(8))[0].item() for _ in range(2)]
     assert all(np.isfinite(losses))

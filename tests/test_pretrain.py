@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, assert_one_line_error, run_flatmix
+from test_progress import plain_lines
 
 BIN = Path(sys.executable).parent
 
@@ -133,6 +135,23 @@ def test_loss_falls_over_a_few_epochs(synth_root, tmp_path, preset, sets):
     assert f"root: {synth_root / 'imagenet'}" in config
 
 
+def test_progress_off_a_terminal_is_plain_lines_with_top1_and_data_wait(synth_root, tmp_path):
+    """Under Snakemake stderr is the rule's log: lines a person can read rather than a bar's carriage
+    returns; contrastive top-1 and the data-wait share also go to metrics.jsonl."""
+    result = run_flatmix(*_pretrain_args(synth_root / "imagenet", tmp_path, "model.arch=resnet_tiny", "train.epochs=1",
+                                         preset="smoke-moco"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = plain_lines(result.stderr, "pretrain")
+    metrics = _losses(tmp_path)
+    steps = metrics[-1]["step"]
+    assert len(lines) >= 2 and lines[-1].startswith(f"pretrain epoch 1/1 step {steps}/{steps} ")  # and the first
+    for line in lines:
+        assert re.match(r"pretrain epoch 1/1 step \d+/\d+ loss \d+\.\d{4} acc1 \d+\.\d% lr [\d.e-]+ [\d,]+ pairs/s ",
+                        line), line
+    assert len(metrics) == steps  # log_every 1
+    assert all(0 <= m["acc1"] <= 100 and 0 <= m["data_wait"] <= 1 for m in metrics), metrics
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["--preset", "smoke-mocco"], ["smoke-mocco", "smoke-moco"]),
     (["--preset", "smoke-moco", "--set", "train.epoch=3"], ["train.epoch", "train.epochs"]),
@@ -156,8 +175,8 @@ def test_a_training_step_draws_mixes_steps_per_level_once_for_both_views(mixes):
     model, optimizer, mixer = build_training(cfg, Distributed("cpu"), n_data=16)
     draws, draw = [], mixer.draw
     mixer.draw = lambda *args: draws.append(draw(*args)) or draws[-1]
-    loss = training_step(cfg, model, optimizer, mixer, [torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)],
-                         torch.arange(16))
-    assert torch.isfinite(loss)
+    loss, acc1 = training_step(cfg, model, optimizer, mixer,
+                               [torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)], torch.arange(16))
+    assert torch.isfinite(loss) and 0 <= acc1 <= 100
     assert len(draws) == 1  # the query and key views share one draw (joint views)
     assert draws[0].global_partners.shape == draws[0].region_partners.shape == (mixes, 16)

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+import re
 import subprocess
 import sys
 
@@ -107,6 +108,19 @@ def test_smoke_dag_end_to_end(tmp_path):
     profile = str(REPO / "workflow" / "profiles" / "local")
     result = snakemake("--profile", profile, "--configfile", config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # a run a person can follow: the report's place said after the last step, no GPU claimed by the local
+    # jobs (they print their resources), the long rules' logs in lines rather than a bar's carriage returns
+    lines = result.stderr.splitlines()
+    said = lines.index(f"flatmix: the report is {(results / 'report' / 'report.html').resolve()}")
+    assert said > max(i for i, line in enumerate(lines) if "steps (100%) done" in line)
+    assert "resources: " in result.stderr and not re.search(r"gres=|\bgpu=", result.stdout + result.stderr)
+    for pattern, progress in (("pretrain/*.log", 3), ("linear/*.log", 4), ("flatness/*.log", 2), ("detect/*/*.log", 0)):
+        logs = list((results / "logs").glob(pattern))
+        assert logs, pattern
+        for log in logs:
+            text = log.read_text()
+            assert "\r" not in text and len(text.splitlines()) >= 3, log
+            assert sum(" eta " in line for line in text.splitlines()) >= progress, text  # progress lines
     prepared = results / "data" / "prepared"
     assert json.loads((prepared / "imagenet100" / "manifest.json").read_text())["classes"] == 100
     assert json.loads((prepared / "voc" / "manifest.json").read_text())["splits"]["VOC2007/test"]["images"] > 0

@@ -3,6 +3,11 @@ with and without the paper's mixtures, fed by synthetic tensors already on the d
 (pil or gpu) from JPEG files, and prints one JSON line per configuration; with a real loader it first
 times the loader alone. `flatmix bench jpegs` writes ImageNet-like JPEGs to run it on.
 
+Each step is timed on its own, and a line reports the median step time with its spread (min, max,
+interquartile range over `steps` steps), pairs/s from the median: one slow step (a compile, a loader
+stall, another job on the machine) shows as spread instead of skewing a mean. Precision defaults to
+bf16 on CUDA and fp32 on a CPU (where bf16 autocast is usually slower: few CPUs compute in bf16).
+
 Under torchrun it runs on every process (DDP) and reports the global pairs/s.
 """
 
@@ -45,31 +50,57 @@ def _forever(batches):
         yield from batches.epoch(epoch)
 
 
-def _timed(env, stream, steps, warmup, step=None):
-    """Seconds for `steps` batches of `stream` after `warmup` (each passed to `step` when given)."""
+def _step_times(env, stream, steps, warmup, step=None):
+    """Seconds of each of `steps` batches of `stream` after `warmup` (each passed to `step` when given).
+
+    On a GPU a step's time is the interval between the GPU finishing it and finishing the step before
+    (CUDA events, nothing synchronised inside the loop, so steps overlap as they do in training; waiting
+    for data shows as a longer interval); on a CPU it is wall-clock time."""
+    marks = []
     for i in range(warmup + steps):
         if i == warmup:
             _synchronise(env.device)
             env.barrier()
-            start = time.perf_counter()
+            marks.append(_mark(env.device))
         *views, index = next(stream)
         if step is not None:
             step(list(views), index)
+        if i >= warmup:
+            marks.append(_mark(env.device))
     _synchronise(env.device)
     env.barrier()
-    return time.perf_counter() - start
+    if env.device.type == "cuda":
+        return [start.elapsed_time(end) / 1000 for start, end in zip(marks, marks[1:])]
+    return [end - start for start, end in zip(marks, marks[1:])]
+
+
+def _mark(device):
+    """Now: a recorded CUDA event on a GPU (read after synchronising), else the wall clock."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _rates(times, batch_size):
+    """pairs/s at the median step time, and the step times' median and spread in seconds."""
+    low, q1, median, q3, high = map(float, np.percentile(times, [0, 25, 50, 75, 100]))
+    return {"pairs_per_s": round(batch_size / median, 1), "step_s_median": round(median, 6),
+            "step_s_min": round(low, 6), "step_s_max": round(high, 6), "step_s_iqr": round(q3 - q1, 6)}
 
 
 def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=224, steps=20, warmup=5,
-                   precision="bf16", channels_last=True, K=65536, device=None, loader="synthetic", data=None,
+                   precision=None, channels_last=True, K=65536, device=None, loader="synthetic", data=None,
                    workers=8, compile=False):
     """Yield one result dict per configuration: the loader alone (real loaders), then the training step
-    without and with the mixtures."""
+    without and with the mixtures. precision None: bf16 on CUDA, fp32 on a CPU."""
     if loader not in LOADERS:
         raise FlatmixError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if loader != "synthetic" and not (data and (Path(data) / "train").is_dir()):
         raise FlatmixError(f"--loader {loader} needs --data DIR with DIR/train/<class>/ images, got {data!r}")
     env = Distributed(device)
+    precision = precision or ("bf16" if env.device.type == "cuda" else "fp32")
     try:
         sets = [f"method={method}", f"model.arch={arch}", f"train.batch_size={batch_size}",
                 f"train.precision={precision}", f"train.channels_last={channels_last}", f"train.compile={compile}",
@@ -85,10 +116,9 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
                   "steps": steps}
         if loader != "synthetic":
             batches = PretrainBatches(resolve(DEFAULTS, PRESETS, sets=sets), env, Path(data) / "train")
-            elapsed = _timed(env, _forever(batches), steps, warmup)
+            times = _step_times(env, _forever(batches), steps, warmup)
             if env.main:
-                yield {**common, "stage": "loader", "mixture": False,
-                       "pairs_per_s": round(steps * batch_size / elapsed, 1)}
+                yield {**common, "stage": "loader", "mixture": False, **_rates(times, batch_size)}
         for mixed in (False, True):
             mix = [f"mixture.{level}.{key}={value}" for level, values in MIXTURE.items()
                    for key, value in values.items()] if mixed else []
@@ -106,11 +136,10 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
             model, optimizer, mixer = build_training(cfg, env, n_data=n_data)
             net = env.wrap(model)
             model.train()
-            elapsed = _timed(env, stream, steps, warmup,
-                             lambda v, i: training_step(cfg, net, optimizer, mixer, v, i))
+            times = _step_times(env, stream, steps, warmup,
+                                lambda v, i: training_step(cfg, net, optimizer, mixer, v, i))
             if env.main:
-                yield {**common, "stage": "train", "mixture": mixed,
-                       "pairs_per_s": round(steps * batch_size / elapsed, 1)}
+                yield {**common, "stage": "train", "mixture": mixed, **_rates(times, batch_size)}
             del model, net, optimizer, stream
     finally:
         env.close()

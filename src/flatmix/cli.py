@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-from flatmix import atomic, paths
+from flatmix import __version__, atomic, paths
 from flatmix.errors import FlatmixError
 
 
@@ -43,16 +43,16 @@ def _prepare(args):
 
 def _pretrain(args):
     from flatmix import pretrain
-    from flatmix.presets import DEFAULTS, PRESETS, RENAMED
+    from flatmix.presets import DEFAULTS, PRESET_DESCRIPTIONS, PRESETS, RENAMED
     from flatmix.runconfig import resolve
     if args.list_presets:
-        print("\n".join(PRESETS))
+        print(_described(PRESET_DESCRIPTIONS))
         return
     if args.preset is None and args.config is None and not args.set:
         raise FlatmixError("pretrain needs --preset NAME, --config FILE or --set KEY=VALUE (--list-presets shows the names)")
     if args.out is None:
         raise FlatmixError("pretrain needs --out DIR")
-    cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set, renamed=RENAMED)
+    cfg = resolve(DEFAULTS, PRESETS, args.preset, args.config, args.set or [], renamed=RENAMED)
     paths.output_folder("--out", args.out)
     paths.refuse_overlap({"--out": args.out}, {"--config": args.config, "data.root": cfg["data"]["root"] or None})
     print(json.dumps(pretrain.run(cfg, args.out, force=args.force)))
@@ -153,23 +153,49 @@ def _above_zero(text):
     return value
 
 
+def _described(descriptions, indent=""):
+    """One aligned line per name: `name  what it is`."""
+    width = max(map(len, descriptions))
+    return "\n".join(f"{indent}{name:<{width}}  {text}" for name, text in descriptions.items())
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default at the end of its help line, so `--help` answers what a run will use. A
+    default of None is not shown (the help says what happens instead), nor that an off flag is off. The
+    description and epilog keep their line breaks (plan's one line per preset)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, argparse.SUPPRESS) or \
+                (action.nargs == 0 and action.default is False):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (no usage block): `flatmix linear: error: ...`."""
+    """argparse with its errors on one line (no usage block): `flatmix linear: error: ...`, and with
+    _HelpFormatter for the parser and (through parser_class) every subparser."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"formatter_class": _HelpFormatter, **kwargs})
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
+    from flatmix import experiments
     parser = _Parser(prog="flatmix", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("synth", help="write the embedded data set (ImageNet, VOC, COCO formats)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed: the same seed writes the same files")
     p.add_argument("--size", type=_at_least(16, high=1024), default=64, help="ImageNet image side; detection images are 2-4x")
-    p.add_argument("--train-per-class", type=_at_least(1, high=10000), default=8)
-    p.add_argument("--val-per-class", type=_at_least(1, high=10000), default=4)
+    p.add_argument("--train-per-class", type=_at_least(1, high=10000), default=8,
+                   help="ImageNet train images per class")
+    p.add_argument("--val-per-class", type=_at_least(1, high=10000), default=4, help="ImageNet val images per class")
     p.add_argument("--voc-images", type=_at_least(1, high=100000), default=16, help="images per VOC split")
     p.add_argument("--coco-images", type=_at_least(1, high=100000), default=16, help="images per COCO split")
     p.set_defaults(run=_synth)
@@ -177,18 +203,19 @@ def build_parser():
     p = commands.add_parser("pretrain", help="one MoCo or CMC pretraining run (CPU, or under torchrun)")
     p.add_argument("--preset", help="a named run (--list-presets)")
     p.add_argument("--config", help="a YAML run spec; with --preset, it overrides the preset")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one dotted key, e.g. train.epochs=3 (repeatable)")
     p.add_argument("--out", help="run folder: config.yaml, metrics.jsonl, last.pth, checkpoint.pth")
     p.add_argument("--force", action="store_true", help="resume from a last.pth made with another config")
-    p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    p.add_argument("--list-presets", action="store_true", help="print each preset's name and what it is, and exit")
     p.set_defaults(run=_pretrain)
 
     p = commands.add_parser("convert", help="write a checkpoint's ResNet backbone for torchvision, mmdet or detectron2")
     p.add_argument("src", help="a checkpoint: this project's, facebookresearch MoCo, the CMC code base's, "
                                "torchvision or mmdetection")
-    p.add_argument("--to", required=True, choices=["torchvision", "mmdet", "detectron2"])
-    p.add_argument("--out", required=True)
+    p.add_argument("--to", required=True, choices=["torchvision", "mmdet", "detectron2"], help="the target framework")
+    p.add_argument("--out", required=True, help="the output file (detectron2: a .pkl, the suffix detectron2 reads "
+                                                "matching_heuristics from)")
     p.add_argument("--view", choices=["l", "ab"], help="CMC: which half (l: the L/Y encoder, ab: the ab/CbCr one)")
     p.set_defaults(run=_convert)
 
@@ -200,10 +227,10 @@ def build_parser():
     p.add_argument("--lr", type=_above_zero, help="default: the protocol's (ImageNet-100 10, ImageNet-1K 30)")
     p.add_argument("--milestones", type=_int_list, help="epochs of x0.1, e.g. 30,40,50 (default: the protocol's)")
     p.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (default: %(default)s)")
-    p.add_argument("--weight-decay", type=_at_least(0.0, float), default=0.0)
-    p.add_argument("--image-size", type=_at_least(16), default=224)
-    p.add_argument("--workers", type=_at_least(0), default=8)
-    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--weight-decay", type=_at_least(0.0, float), default=0.0, help="the linear layer's weight decay")
+    p.add_argument("--image-size", type=_at_least(16), default=224, help="crop side in pixels")
+    p.add_argument("--workers", type=_at_least(0), default=8, help="data loader workers per process")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed (initialisation, data order, crops)")
     p.set_defaults(run=_linear)
 
     p = commands.add_parser("flatness", help="Figure 5: sorted softmax of the final layer, per backbone")
@@ -212,24 +239,27 @@ def build_parser():
     p.add_argument("--data", required=True, help="a prepared data set with val/ class folders")
     p.add_argument("--out", required=True, help="folder for flatness.png and flatness.json")
     p.add_argument("--title", help="the plot's title, also kept in flatness.json (default: Figure 5's)")
-    p.add_argument("--image-size", type=_at_least(16), default=224)
-    p.add_argument("--batch-size", type=_at_least(1), default=256)
-    p.add_argument("--workers", type=_at_least(0), default=8)
+    p.add_argument("--image-size", type=_at_least(16), default=224, help="centre crop side in pixels")
+    p.add_argument("--batch-size", type=_at_least(1), default=256, help="images per forward pass")
+    p.add_argument("--workers", type=_at_least(0), default=8, help="data loader workers")
     p.set_defaults(run=_flatness)
 
     p = commands.add_parser("detect", help="fine-tune and evaluate a detector with mmdetection")
-    p.add_argument("task", choices=["voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn"])
+    p.add_argument("task", choices=["voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn"],
+                   help="the detector and data set (Tables 7-8)")
     p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads, or 'random'")
     p.add_argument("--data", required=True, help="the VOCdevkit (VOC tasks) or the COCO root")
     p.add_argument("--bn", required=True, choices=["train", "frozen"],
                    help="train: BN fine-tuned (the paper's No Freeze); frozen: BN affine and statistics frozen")
     p.add_argument("--out", required=True, help="folder for config.py, backbone.pth, work/ and metrics.json")
-    p.add_argument("--scale", choices=["smoke", "paper"], default="paper")
+    p.add_argument("--scale", choices=["smoke", "paper"], default="paper",
+                   help="paper: the paper's schedule and image sizes; smoke: one epoch of small images, for a CPU")
     p.add_argument("--dry-run", action="store_true", help="write config.py only")
     p.set_defaults(run=_detect)
 
-    p = commands.add_parser("plan", help="the runs, images and GPU-hours a preset will cost, per table")
-    p.add_argument("--preset", help="default: the config's preset")
+    p = commands.add_parser("plan", help="the runs, images and GPU-hours a preset will cost, per table",
+                            epilog="presets:\n" + _described(experiments.PRESET_DESCRIPTIONS, indent="  "))
+    p.add_argument("--preset", help="one of the presets below (default: the config's preset)")
     p.add_argument("--config", action="append", metavar="FILE",
                    help="the workflow config; repeat to layer files as Snakemake's --configfile does "
                         "(default: config.yaml)")
@@ -239,7 +269,8 @@ def build_parser():
                             ("--probe-images-per-s", "linear probe images/s per GPU"),
                             ("--faster-rcnn-s-per-iter", "Faster R-CNN/RetinaNet s per 2-image iteration"),
                             ("--mask-rcnn-s-per-iter", "Mask R-CNN s per 2-image iteration")):
-        p.add_argument(flag, type=_above_zero, help=help_text + " (default: the measured figure)")
+        p.add_argument(flag, type=_above_zero,
+                       help=help_text + " (default: the measured figure, printed in the plan's first line)")
     p.set_defaults(run=_plan)
 
     p = commands.add_parser("report", help="Markdown + HTML report: every table beside the paper, figures, provenance")
@@ -251,14 +282,16 @@ def build_parser():
     p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     b = benches.add_parser("pretrain", help="pretraining step pairs/s, with and without the mixtures")
-    b.add_argument("--method", choices=["moco", "cmc"], default="moco")
-    b.add_argument("--arch", default="resnet50")
+    b.add_argument("--method", choices=["moco", "cmc"], default="moco", help="the pretraining method")
+    b.add_argument("--arch", default="resnet50", help="the encoder, as the run spec's model.arch")
     b.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (split over torchrun processes)")
-    b.add_argument("--image-size", type=_at_least(16), default=224)
-    b.add_argument("--steps", type=_at_least(1), default=20)
-    b.add_argument("--warmup", type=_at_least(0), default=5)
-    b.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    b.add_argument("--image-size", type=_at_least(16), default=224, help="view side in pixels")
+    b.add_argument("--steps", type=_at_least(1), default=20, help="timed steps (their median and spread are reported)")
+    b.add_argument("--warmup", type=_at_least(0), default=5, help="untimed steps first")
+    b.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="the encoders' autocast precision (default: fp32 on a CPU, bf16 on CUDA)")
+    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for the encoders")
     b.add_argument("-K", type=_at_least(1), default=65536, help="MoCo queue length (CMC: min(K, 16384))")
     b.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA where there is one")
     b.add_argument("--loader", choices=["synthetic", "pil", "gpu"], default="synthetic",
@@ -268,26 +301,28 @@ def build_parser():
     b.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     b.set_defaults(run=_bench)
     b = benches.add_parser("jpegs", help="write ImageNet-like JPEGs (sizes, bytes) for `bench pretrain --data`")
-    b.add_argument("--out", required=True)
-    b.add_argument("--images", type=_at_least(1), default=10000)
-    b.add_argument("--classes", type=_at_least(1), default=10)
-    b.add_argument("--seed", type=_at_least(0), default=0)
+    b.add_argument("--out", required=True, help="folder for train/<class>/ JPEGs")
+    b.add_argument("--images", type=_at_least(1), default=10000, help="JPEGs in all")
+    b.add_argument("--classes", type=_at_least(1), default=10, help="class folders they are spread over")
+    b.add_argument("--seed", type=_at_least(0), default=0, help="random seed: the same seed writes the same files")
     b.set_defaults(run=_bench_jpegs)
 
     p = commands.add_parser("prepare", help="check a data set and write its manifest")
     datasets = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     d = datasets.add_parser("imagenet100", help="ImageNet-100 class folders (symlinks) from ImageNet")
-    d.add_argument("--imagenet-root", required=True)
-    d.add_argument("--out", required=True)
+    d.add_argument("--imagenet-root", required=True,
+                   help="an ImageNet folder with train/ and val/ (or the Kaggle download)")
+    d.add_argument("--out", required=True, help="folder for the class folders and manifest.json")
     d.add_argument("--class-list", help="a file of wnids (default: the paper's ImageNet-100 list)")
     d = datasets.add_parser("imagenet1k", help="every ImageNet class (symlinks), for Table 6 and the transfer runs")
-    d.add_argument("--imagenet-root", required=True)
-    d.add_argument("--out", required=True)
+    d.add_argument("--imagenet-root", required=True,
+                   help="an ImageNet folder with train/ and val/ (or the Kaggle download)")
+    d.add_argument("--out", required=True, help="folder for the class folders and manifest.json")
     d = datasets.add_parser("voc", help="check a VOCdevkit (VOC2007 trainval/test, VOC2012 trainval)")
     d.add_argument("--root", required=True, help="the VOCdevkit folder")
     d.add_argument("--out", default="prepared/voc", help="folder for manifest.json (default: %(default)s)")
     d = datasets.add_parser("coco", help="check a COCO 2017 root (train2017, val2017, annotations)")
-    d.add_argument("--root", required=True)
+    d.add_argument("--root", required=True, help="the COCO folder")
     d.add_argument("--out", default="prepared/coco", help="folder for manifest.json (default: %(default)s)")
     p.set_defaults(run=_prepare)
     return parser

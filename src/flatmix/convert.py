@@ -12,6 +12,7 @@ NaN or Inf (a diverged run) is refused: every result downstream of it would be m
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 import pickle
 import re
 
@@ -193,6 +194,11 @@ def to_detectron2_names(state):
 
 def convert(src, target, out, view=""):
     """Write the backbone of `src` for `target` at `out`; returns a summary for the log."""
+    if target == "detectron2" and Path(out).suffix != ".pkl":
+        # detectron2's DetectionCheckpointer unpickles a file (and honours matching_heuristics) only
+        # under .pkl; any other name goes to torch.load, which cannot read a plain pickle
+        raise FlatmixError(f"--out {out}: detectron2 reads this format only from a .pkl file, "
+                           f"not {Path(out).suffix or 'a name without a suffix'}")
     backbone = extract(src, view)
     provenance = {"source": str(src), "source_format": backbone.source_format, "method": backbone.method,
                   "view": backbone.view, "colour": backbone.colour, "arch": arch_name(backbone.arch),

@@ -35,6 +35,17 @@ PRESET_PARTS = {
 }
 PRESET_PARTS["paper"] = tuple(part for parts in PRESET_PARTS.values() for part in parts)
 PRESETS = tuple(PRESET_PARTS)
+# What each preset makes, for `flatmix plan --help` (the README's preset table says it at length).
+PRESET_DESCRIPTIONS = {
+    "smoke": "four tiny runs (smoke-moco, smoke-moco-mix, smoke-cmc, smoke-cmc-mix) through every stage on the "
+             "embedded data, on a CPU",
+    "in100-ablation": "Tables 1-4 and Figure 4: the ImageNet-100 ablations of mixture count, decay, probability "
+                      "and epochs",
+    "in100-main": "Table 5 (ImageNet-100 MoCo and CMC, 800 epochs) and Figure 5 on ImageNet-100",
+    "in1k": "Table 6 (ImageNet-1K, R50 and R50 w2x, 200 epochs) and Figure 5 on ImageNet-1K",
+    "transfer": "Tables 7-8: VOC Faster R-CNN, COCO RetinaNet and Mask R-CNN from ImageNet-1K R50 backbones",
+    "paper": "all of the above",
+}
 # The parts that make a Figure 5, and the key of each in Experiments.flatness (results/flatness/KEY/): the
 # paper's (ImageNet-1K) first, then the ImageNet-100 one that the smoke and in100-main presets make.
 FIGURE5_PARTS = {"figure5": "in1k", "figure5-in100": "in100"}

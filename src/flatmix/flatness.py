@@ -10,13 +10,13 @@ import textwrap
 import matplotlib
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from flatmix import atomic, provenance
 from flatmix.convert import extract_all
 from flatmix.data.loading import image_folder
 from flatmix.errors import FlatmixError
 from flatmix.linear import LinearProbe, val_transform
+from flatmix.progress import Progress
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -32,13 +32,16 @@ def measure(checkpoint, data, image_size, batch_size, workers, device):
     backbones = extract_all(checkpoint)
     probe = LinearProbe(backbones, num_classes=1).to(device).eval()
     dataset = image_folder(Path(data) / "val", transform=val_transform(image_size, backbones[0].colour))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    progress = Progress(f"flatness {Path(checkpoint).parent.name}", len(loader), unit="img", per_step=batch_size)
     total, count = None, 0
     with torch.no_grad():
-        for images, _ in tqdm(DataLoader(dataset, batch_size=batch_size, num_workers=workers),
-                              desc=f"flatness {Path(checkpoint).parent.name}", unit="batch", leave=False):
+        for images, _ in progress.batches(loader):
             p = sorted_softmax(probe.features(images.to(device))).sum(0).cpu().double()
             total = p if total is None else total + p
             count += images.shape[0]
+            progress.show(f"batch {progress.done}/{len(loader)}", force=progress.done == len(loader))
+    progress.close()
     curve = total / count
     return {"checkpoint": str(checkpoint), "images": count, "feature_dim": probe.feature_dim,
             "max_probability": curve[0].item(), "curve": curve.tolist()}

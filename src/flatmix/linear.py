@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
-from tqdm import tqdm
 
 from flatmix import atomic, provenance
 from flatmix.checkpoint_io import load_own_state
@@ -26,6 +25,7 @@ from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.models.resnet import WideResNet
 from flatmix.pretrain import step_lr
+from flatmix.progress import Progress
 
 PROTOCOLS = {
     "imagenet100": {"lr": 10.0, "epochs": 60, "milestones": [30, 40, 50]},
@@ -157,8 +157,8 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
     steps = sampler.steps_per_epoch()
-    bar = tqdm(total=cfg["epochs"] * steps, initial=epoch * steps, disable=not env.main, unit="step",
-               dynamic_ncols=True, desc="linear")
+    progress = Progress("linear", cfg["epochs"] * steps, done=epoch * steps, unit="img", per_step=cfg["batch_size"],
+                        enabled=env.main)
     while epoch < cfg["epochs"]:
         lr = step_lr(cfg["lr"], epoch, cfg["milestones"])
         for group in optimizer.param_groups:
@@ -166,22 +166,21 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
         probe.train()
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        tick = time.perf_counter()
-        for step, (images, index) in enumerate(loader):
+        for step, (images, index) in enumerate(progress.batches(loader)):
             images, labels = images.to(env.device, non_blocking=True), labels_of[index].to(env.device)
             loss = nn.functional.cross_entropy(linear(probe.features(images)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            bar.update()
-            rate = (step + 1) * cfg["batch_size"] / (time.perf_counter() - tick)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+            if progress.due() or step + 1 == steps:  # loss.item() waits for the GPU: only when shown
+                progress.show(f"epoch {epoch + 1}/{cfg['epochs']} step {step + 1}/{steps} loss {loss.item():.4f} "
+                              f"lr {lr:.4g}", force=True)
         epoch += 1
         if env.main:
             atomic.write_torch(last, {"config": cfg, "epoch": epoch, "linear": probe.linear.state_dict(),
                                       "optimizer": optimizer.state_dict()})
         env.barrier()
-    bar.close()
+    progress.close()
     top1, top5 = evaluate(probe, val_set, env, cfg["batch_size"] // env.world, workers)
     b = backbones[0]
     metrics = {"top1": top1, "top5": top5, **cfg, "classes": classes, "train_images": len(train_set),

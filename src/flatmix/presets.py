@@ -163,3 +163,10 @@ PRESETS = {
     "smoke-moco": _smoke("moco", False), "smoke-moco-mix": _smoke("moco", True),
     "smoke-cmc": _smoke("cmc", False), "smoke-cmc-mix": _smoke("cmc", True),
 }
+# What each smoke run is, for `flatmix pretrain --list-presets`.
+PRESET_DESCRIPTIONS = {
+    "smoke-moco": "MoCo v1 on ResNet-50, no mixtures; 2 epochs of 32-pixel images, batch 16, K 64 (a CPU run)",
+    "smoke-moco-mix": "smoke-moco with the global (4 mixes) and region (5 mixes, decay 0.2) mixtures, p 0.5",
+    "smoke-cmc": "CMC on two ResNet-50-half encoders (YCbCr), no mixtures; 2 epochs of 32-pixel images, batch 16, K 32",
+    "smoke-cmc-mix": "smoke-cmc with the global (4 mixes) and region (5 mixes, decay 0.2) mixtures, p 0.5",
+}

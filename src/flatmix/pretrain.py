@@ -19,7 +19,6 @@ import time
 import jsonschema
 import numpy as np
 import torch
-from tqdm import tqdm
 import yaml
 
 from flatmix import atomic, paths, provenance
@@ -32,6 +31,7 @@ from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
 from flatmix.models.resnet import ARCHS
 from flatmix.presets import SCHEMA
+from flatmix.progress import Progress, Window
 from flatmix.runconfig import flatten
 
 PREEMPTED_EXIT = 143
@@ -101,18 +101,28 @@ def build_training(cfg, env, n_data):
 
 def contrastive_loss(method, net, mixer, views, index):
     """The method's loss on a batch of (mixed) views: MoCo's InfoNCE (with Un-Mix's two extra terms when
-    on) or CMC's two-way loss against the memory bank."""
+    on) or CMC's two-way loss against the memory bank; and the logits of its main term (CMC: both
+    directions'), for `contrastive_top1`."""
     if method == "cmc":
-        return cmc_loss(*net(views[0], index))
+        scores = net(views[0], index)
+        return cmc_loss(*scores), scores
     if not mixer.unmix:
-        return info_nce(net(*views))
+        logits = net(*views)
+        return info_nce(logits), (logits,)
     im_mix, lam = mixer.unmix_queries(views[0])
     logits, logits_mix, logits_reversed = net(*views, im_mix)
-    return info_nce(logits) + lam * info_nce(logits_mix) + (1 - lam) * info_nce(logits_reversed)
+    return info_nce(logits) + lam * info_nce(logits_mix) + (1 - lam) * info_nce(logits_reversed), (logits,)
+
+
+def contrastive_top1(*logits):
+    """The % of rows whose positive (index 0) has the largest logit, as MoCo's Acc@1: the chance level is
+    100 / (1 + K), so a run stuck there shows."""
+    return torch.cat([scores.argmax(1) == 0 for scores in logits]).float().mean() * 100
 
 
 def training_step(cfg, net, optimizer, mixer, views, index):
-    """One step on a batch of normalised views: the mixtures, forward and loss, update; returns the loss.
+    """One step on a batch of normalised views: the mixtures, forward and loss, update; returns the loss
+    and the contrastive top-1 (%), as tensors: reading them waits for the GPU, so only log steps do.
 
     `net` is the model itself, or the model wrapped in DistributedDataParallel.
     """
@@ -121,11 +131,11 @@ def training_step(cfg, net, optimizer, mixer, views, index):
     if t["channels_last"]:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
-        loss = contrastive_loss(cfg["method"], net, mixer, views, index)
+        loss, logits = contrastive_loss(cfg["method"], net, mixer, views, index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss
+    return loss.detach(), contrastive_top1(*logits)
 
 
 def _rng_state(mixer):
@@ -256,8 +266,8 @@ def _train(cfg, out, env, force):
     net = env.wrap(model)
     stop = _StopFlag()
     steps = batches.steps_per_epoch()
-    bar = tqdm(total=t["epochs"] * steps, initial=epoch * steps + start_step, disable=not env.main,
-               unit="step", dynamic_ncols=True, desc="pretrain")
+    progress = Progress("pretrain", t["epochs"] * steps, done=epoch * steps + start_step, unit="pairs",
+                        per_step=t["batch_size"], enabled=env.main)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None
 
     def save_last(epoch, step):
@@ -273,34 +283,34 @@ def _train(cfg, out, env, force):
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        tick, window = time.perf_counter(), 0
-        for step, (*views, index) in enumerate(batches.epoch(epoch, start_step), start=start_step):
-            loss = training_step(cfg, net, optimizer, mixer, views, index)
-            window += 1
-            bar.update()
+        logged = Window()  # the steps since the last metrics line
+        epoch_batches = progress.batches(logged.batches(batches.epoch(epoch, start_step)))
+        for step, (*views, index) in enumerate(epoch_batches, start=start_step):
+            loss, acc1 = training_step(cfg, net, optimizer, mixer, views, index)
             if (step + 1) % t["log_every"] == 0 or step + 1 == steps:
-                loss_value = loss.item()
-                elapsed = time.perf_counter() - tick
-                pairs = window * t["batch_size"] / elapsed
-                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}", lr=f"{lr:.4g}", pairs_s=f"{pairs:.1f}")
+                loss_value, acc1_value = loss.item(), acc1.item()
+                steps_per_s, data_wait = logged.read()
+                pairs = steps_per_s * t["batch_size"]
+                progress.show(f"epoch {epoch + 1}/{t['epochs']} step {step + 1}/{steps} loss {loss_value:.4f} "
+                              f"acc1 {acc1_value:.1f}% lr {lr:.4g}", force=step + 1 == steps)
                 if metrics:
-                    metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "lr": lr,
-                                              "pairs_per_s": pairs, "skipped_images": batches.skipped_images(),
+                    metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "acc1": acc1_value,
+                                              "lr": lr, "pairs_per_s": pairs, "data_wait": data_wait,
+                                              "skipped_images": batches.skipped_images(),
                                               "time": time.time()}) + "\n")
                     metrics.flush()
-                tick, window = time.perf_counter(), 0
             if env.any(stop.raised) and step + 1 < steps:
                 save_last(epoch, step + 1)
-                bar.close()
+                progress.close()
                 raise SystemExit(PREEMPTED_EXIT)
         epoch, start_step = epoch + 1, 0
         stopping = env.any(stop.raised)
         if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
             save_last(epoch, 0)
             if stopping and epoch < t["epochs"]:
-                bar.close()
+                progress.close()
                 raise SystemExit(PREEMPTED_EXIT)
-    bar.close()
+    progress.close()
     result = {"epochs": t["epochs"], "final_loss": loss_value, "processes": env.world, "device": str(env.device),
               "wall_time_s": round(earlier_s + time.time() - started, 1)}
     if env.main:
