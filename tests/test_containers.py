@@ -66,7 +66,7 @@ def test_every_rule_runs_in_the_configured_image(tmp_path):
     result = subprocess.run(
         [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-c1", "--sdm", "apptainer",
          f"--apptainer-args={profile_args['apptainer-args']}", "results/data/prepared/imagenet100/manifest.json",
-         "results/data/prepared/voc/manifest.json", "--configfile", str(config)],
+         "results/data/synth-prepared/voc/manifest.json", "--configfile", str(config)],
         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     calls = [line.split() for line in log.read_text().splitlines() if line.startswith("exec")]

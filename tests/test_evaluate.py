@@ -38,7 +38,7 @@ def prepared(synth_root, tmp_path_factory):
     return out
 
 
-PROBE_ARGS = dict(epochs=2, batch_size=32, image_size=32, workers=0)
+PROBE_ARGS = dict(epochs=2, batch_size=32, image_size=32, workers=0, lr=0.1)
 
 
 @pytest.mark.parametrize("method", ["moco", "cmc"])
@@ -65,6 +65,8 @@ def test_probe_leaves_the_backbone_bitwise_unchanged(prepared, tmp_path, monkeyp
     on_disk = json.loads((tmp_path / "probe" / "metrics.json").read_text())
     assert on_disk["top1"] == metrics["top1"] and on_disk["protocol"] == "imagenet100"
     assert on_disk["method"] == method and on_disk["val_images"] == 100
+    assert not on_disk["diverged"] and [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    assert on_disk["history"][-1]["top1"] == on_disk["top1"]  # the last epoch's validation is the result
 
 
 def test_protocol_defaults_follow_the_data_set():
@@ -89,6 +91,8 @@ def test_probe_resumes_exactly_after_a_kill(prepared, tmp_path):
     a = torch.load(tmp_path / "a" / "linear.pth", weights_only=True)["linear"]
     b = torch.load(tmp_path / "b" / "linear.pth", weights_only=True)["linear"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    history_a, history_b = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in "ab")
+    assert history_a == history_b and [h["epoch"] for h in history_a] == [1, 2, 3, 4]  # kept across the kill
 
 
 def test_probe_progress_off_a_terminal_is_plain_lines(prepared, tmp_path):
@@ -151,3 +155,29 @@ def test_probe_under_torchrun(prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["val_images"] == 100  # every image counted once
+    assert metrics["train_images"] % 32 and len(metrics["history"]) == 1  # 200 images: a partial last batch
+
+
+def test_divergence_rule():
+    def history(*losses):
+        return [{"epoch": i + 1, "loss": loss} for i, loss in enumerate(losses)]
+
+    assert not linear.diverged(history(4.6, 5.0, 3.1))  # a bump that comes down
+    assert not linear.diverged(history(4.6, 4.6))  # a plateau
+    assert linear.diverged(history(10.0, 1e3, 1e5))
+    assert linear.diverged(history(4.6, None))  # not finite
+
+
+def test_probe_flags_a_diverged_loss(prepared, tmp_path):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    metrics = linear.run(ckpt, prepared, tmp_path / "probe", **dict(PROBE_ARGS, lr=1e4))
+    on_disk = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert on_disk["diverged"] is True and on_disk["top1"] is None and on_disk["top5"] is None
+    assert metrics["top1"] is None and len(on_disk["history"]) == 2  # the losses stay for the record
+
+
+def test_probe_trains_on_fewer_images_than_a_batch(prepared, tmp_path):
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    metrics = linear.run(ckpt, prepared, tmp_path / "probe", **dict(PROBE_ARGS, epochs=1, batch_size=256))
+    assert metrics["train_images"] < 256 and len(metrics["history"]) == 1
+    assert 0 <= metrics["top1"] <= 100

@@ -8,7 +8,7 @@ import html5lib
 import yaml
 
 from conftest import REPO, assert_one_line_error, run_flatmix
-from flatmix.experiments import Experiments
+from flatmix.experiments import Experiments, linear_result
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -90,9 +90,59 @@ def test_report_shows_each_figure5_with_its_title(tmp_path):
     assert "0.006789" in html
 
 
+def test_report_reads_and_writes_the_configs_preset_folder_by_default(tmp_path):
+    """Without --results and --out, the report is the one the DAG makes: RESULTS/PRESET and its report/,
+    not another preset's outputs in the same results folder."""
+    config = dict(CONFIG, preset="in1k", results="out")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run, other = list(Experiments(config).pretrain_runs())[:2]
+    _write(tmp_path / "out" / "in1k" / "linear" / run / "metrics.json", {"top1": 61.5, "top5": 90.0})
+    for made in (run, other):  # the paper preset's results, beside
+        _write(tmp_path / "out" / "paper" / "linear" / made / "metrics.json", {"top1": 99.0, "top5": 99.5})
+    result = run_flatmix("report", "--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["report"] == "out/in1k/report/report.html"
+    assert json.loads(result.stdout)["cells_made"] == 1
+    markdown = (tmp_path / "out" / "in1k" / "report" / "report.md").read_text()
+    assert "61.5" in markdown and "99.0" not in markdown
+
+
 def test_report_refuses_bad_input(tmp_path):
     assert_one_line_error(run_flatmix("report", "--config", tmp_path / "missing.yaml"), "missing.yaml")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, preset="everything")))
     assert_one_line_error(run_flatmix("report", "--config", tmp_path / "config.yaml", "--results", tmp_path,
                                       "--out", tmp_path / "r"), "everything")
     assert not (tmp_path / "r" / "report.html").exists()
+
+
+def test_smoke_report_says_its_numbers_are_not_comparable_and_shows_no_delta(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(dict(CONFIG, preset="smoke")))
+    results = tmp_path / "results"
+    _write(results / linear_result("smoke-moco"), {"top1": 12.34, "top5": 30.0, "diverged": False})
+    _write(results / linear_result("smoke-moco-mix"), {"top1": None, "top5": None, "diverged": True})
+
+    result = run_flatmix("report", "--config", tmp_path / "config.yaml", "--results", results,
+                         "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    statement = "these numbers only show that the pipeline runs"
+    assert markdown.index(statement) < markdown.index("## Table 1") and statement in html
+    assert "not comparable with the paper's" in markdown
+    assert re.search(r"\[12\.34 \([\d.]+\) smoke\]", markdown)  # ours and the paper's, no difference
+    assert "[diverged (79.8) smoke]" in markdown
+    assert not re.search(r"\(\d+\.\d+, [+-]\d", markdown)  # no cell carries a delta
+
+
+def test_report_shows_a_diverged_probe_as_diverged(tmp_path):
+    config = dict(CONFIG, preset="in100-main")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    results = tmp_path / "results"
+    run = Experiments(config).roles["moco-ours-800"]
+    _write(results / linear_result(run), {"top1": None, "top5": None, "diverged": True})
+    result = run_flatmix("report", "--config", tmp_path / "config.yaml", "--results", results,
+                         "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "[diverged (79.8)](#prov-" in markdown and "n/a (79.8)" not in markdown
+    assert ">diverged (79.8)</a>" in (tmp_path / "report" / "report.html").read_text()

@@ -54,7 +54,7 @@ def test_every_rule_command_keeps_hostile_paths_whole(tmp_path):
     """A dry run prints each rule's command: split as a shell would, each hostile path is one argument."""
     (tmp_path / HOSTILE).mkdir()
     (tmp_path / HOSTILE / "outside.pth").write_bytes(b"")
-    result = snakemake("-n", "-p", "all", f"{RESULTS}/convert/outside/backbone-mmdet.pth",
+    result = snakemake("-n", "-p", "all", f"{RESULTS}/smoke/convert/outside/backbone-mmdet.pth",
                        "--configfile", str(hostile_config(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -81,8 +81,10 @@ def test_hostile_paths_run_as_plain_arguments(tmp_path, synth_root):
     torch.save(build_resnet("resnet_tiny").state_dict(), hostile / "outside.pth")
     config = hostile_config(tmp_path, synth={"seed": 0, "size": 16, "train_per_class": 1, "val_per_class": 1,
                                              "voc_images": 2, "coco_images": 2})
-    outputs = [f"{RESULTS}/data/prepared/{d}/manifest.json" for d in ("imagenet100", "voc", "coco")]
-    outputs += [f"{RESULTS}/convert/outside/backbone-torchvision.pth", f"{RESULTS}/pretrain/smoke-cmc/checkpoint.pth"]
+    outputs = [f"{RESULTS}/data/prepared/{d}/manifest.json" for d in ("imagenet100", "voc")]
+    outputs += [f"{RESULTS}/data/synth-prepared/coco/manifest.json",  # COCO stays synthetic
+                f"{RESULTS}/smoke/convert/outside/backbone-torchvision.pth",
+                f"{RESULTS}/smoke/pretrain/smoke-cmc/checkpoint.pth"]
     result = snakemake("--profile", str(REPO / "workflow" / "profiles" / "local"), *outputs,
                        "--configfile", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_smoke_dag_through_slurm(cluster, tmp_path):
     result = subprocess.run(slurm_snakemake(cluster, tmp_path), capture_output=True, text=True, env=cluster.env,
                             cwd=tmp_path, timeout=3000)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert (tmp_path / "results" / "report" / "report.html").is_file()
+    assert (tmp_path / "results" / "smoke" / "report" / "report.html").is_file()
     jobs = [j for j in cluster.jobs() if j["JobId"] not in before]
     by_rule = {}
     for job in jobs:
@@ -62,15 +62,15 @@ def test_smoke_dag_through_slurm(cluster, tmp_path):
         assert job["JobState"] == "COMPLETED", job
         assert _gpus(job) == (_rule(job) in ("pretrain", "detect")), job  # GPU jobs, and only they, ask for one
     # the code ran on the CPU (no CUDA behind the fake GPUs)
-    metrics = json.loads((tmp_path / "results" / "detect" / "smoke-moco-mix" / "coco-retinanet-frozen" /
+    metrics = json.loads((tmp_path / "results" / "smoke" / "detect" / "smoke-moco-mix" / "coco-retinanet-frozen" /
                           "metrics.json").read_text())
     assert metrics["device"] == "cpu" and metrics["provenance"]["hardware"]["slurm_job"]
 
 
 @pytest.mark.slow
 def test_requeued_pretraining_resumes_from_its_last_checkpoint(cluster, tmp_path):
-    target = "results/pretrain/smoke-moco/checkpoint.pth"
-    run = tmp_path / "results" / "pretrain" / "smoke-moco"
+    target = "results/smoke/pretrain/smoke-moco/checkpoint.pth"
+    run = tmp_path / "results" / "smoke" / "pretrain" / "smoke-moco"
     before = {j["JobId"] for j in cluster.jobs()}
     snakemake = subprocess.Popen(slurm_snakemake(cluster, tmp_path, target), stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=cluster.env, cwd=tmp_path)

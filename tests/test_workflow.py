@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, run_flatmix
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
@@ -39,6 +39,9 @@ def _config_with(tmp_path, **changes):
     ("synth.seed", "abc", ["seed", "integer"]),
     ("data.imagenet", 5, ["imagenet"]),
     ("preset", "nonsense", ["preset", "nonsense"]),
+    # an earlier flatmix's count key (images): refused naming the key that replaced it (mixing steps)
+    ("experiments.best.moco", {"global_n": 4, "region_n": 5, "decay": 0.2},
+     ["experiments.best.moco.global_mixes", "mixing steps"]),
 ])
 def test_schema_names_the_bad_key(tmp_path, key, value, fragments):
     result = snakemake("-n", "--configfile", str(_config_with(tmp_path, **{key: value})), cwd=tmp_path)
@@ -87,6 +90,7 @@ def test_paper_preset_plans_every_table(tmp_path):
 def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
     """Several GPUs: torchrun in the job, one process per GPU; several nodes: one torchrun per node by srun."""
     config = _config_with(tmp_path, **{"preset": "in1k", "experiments.imagenet1k.nodes": 2,
+                                      "data.imagenet": str(tmp_path / "imagenet"),  # not read by a dry run
                                       "slurm.resources.paper.linear": {"gpu": 4}})
     result = snakemake("-n", "-p", "--configfile", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -99,12 +103,68 @@ def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
     assert all(c.split()[2] == "flatmix" for c in commands if " convert " in c)
 
 
+@pytest.mark.parametrize("preset,roots,missing", [
+    ("in100-ablation", {}, "data.imagenet is null"),
+    ("in100-main", {"voc": "/data/VOCdevkit", "coco": "/data/coco"}, "data.imagenet is null"),
+    ("in1k", {}, "data.imagenet is null"),
+    ("transfer", {"imagenet": "/data/imagenet"}, "data.voc, data.coco are null"),
+    ("transfer", {"imagenet": "/data/imagenet", "voc": "/data/VOCdevkit"}, "data.coco is null"),
+    # outside checkpoints need no ImageNet, but transfer's own backbones are ImageNet-1K runs
+    ("transfer", {"voc": "/data/VOCdevkit", "coco": "/data/coco", "outside": "/ckpt/r50.pth"}, "data.imagenet is null"),
+    ("paper", {"imagenet": "/data/imagenet", "coco": "/data/coco"}, "data.voc is null"),
+])
+def test_a_paper_preset_refuses_a_null_data_root(tmp_path, preset, roots, missing):
+    """A null root makes the synthetic set: a paper-scale preset is refused before any job, naming the key
+    and how to set it."""
+    changes = {f"data.{k}": v for k, v in roots.items() if k != "outside"}
+    if "outside" in roots:
+        changes["transfer.checkpoints"] = {"supervised": roots["outside"]}
+    result = snakemake("-n", "--configfile", str(_config_with(tmp_path, preset=preset, **changes)), cwd=tmp_path)
+    assert result.returncode != 0
+    error = [line for line in result.stderr.splitlines() if line.startswith("flatmix: error:")]
+    assert len(error) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"preset {preset} runs on real data only, but {missing}" in error[0] and "--configfile" in error[0]
+
+
+def test_plan_notes_the_null_roots_a_preset_needs():
+    """`flatmix plan` is a cost estimate, useful before the data is in place: it notes the missing roots
+    on stderr and still prints the plan."""
+    in1k = run_flatmix("plan", "--preset", "in1k", "--config", REPO / "config.yaml")
+    assert in1k.returncode == 0 and "total" in in1k.stdout, in1k.stderr
+    assert in1k.stderr.startswith("flatmix: note: data.imagenet null: the workflow refuses preset in1k")
+    smoke = run_flatmix("plan", "--preset", "smoke", "--config", REPO / "config.yaml")
+    assert smoke.returncode == 0 and smoke.stderr == ""
+
+
+def _dry_run_outputs(tmp_path, config):
+    result = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {path for line in result.stdout.splitlines() if line.strip().startswith(("output:", "log:"))
+            for path in line.split(":", 1)[1].strip().split(", ")}
+
+
+def test_presets_never_share_an_output(tmp_path):
+    """The smoke preset and a paper preset in one results folder: no output or log of one is the other's,
+    each preset's under results/PRESET/, the data under results/data/."""
+    roots = {"data.imagenet": "/data/imagenet", "data.voc": "/data/VOCdevkit", "data.coco": "/data/coco"}
+    smoke = _dry_run_outputs(tmp_path, _config_with(tmp_path))
+    in_real = _dry_run_outputs(tmp_path, _config_with(tmp_path, **roots))  # the smoke preset on real data
+    paper = _dry_run_outputs(tmp_path, _config_with(tmp_path, preset="paper", **roots))
+    assert smoke and paper and not smoke & paper
+    assert in_real & paper == {f"results/data/prepared/{d}/manifest.json" for d in ("imagenet100", "voc", "coco")} \
+        | {f"results/data/logs/prepared/{d}.log" for d in ("imagenet100", "voc", "coco")}  # the same data, shared
+    for preset, outputs in (("smoke", smoke), ("paper", paper)):
+        assert all(p.startswith((f"results/{preset}/", "results/data/")) for p in outputs), outputs
+    assert "results/smoke/report/report.html" in smoke and "results/paper/report/report.html" in paper
+
+
 @pytest.mark.slow
 def test_smoke_dag_end_to_end(tmp_path):
     """Every stage, with results in a folder whose name holds a space and a quote (config paths reach the
     rules' commands quoted)."""
-    results = tmp_path / "smoke results 'q'"
-    config = str(_config_with(tmp_path, results=results.name))
+    root = tmp_path / "smoke results 'q'"
+    results, data = root / "smoke", root / "data"  # the preset's own folder; the data every preset shares
+    config = str(_config_with(tmp_path, results=root.name))
     profile = str(REPO / "workflow" / "profiles" / "local")
     result = snakemake("--profile", profile, "--configfile", config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,12 +181,12 @@ def test_smoke_dag_end_to_end(tmp_path):
             text = log.read_text()
             assert "\r" not in text and len(text.splitlines()) >= 3, log
             assert sum(" eta " in line for line in text.splitlines()) >= progress, text  # progress lines
-    prepared = results / "data" / "prepared"
+    prepared = data / "synth-prepared"  # made from the synthetic set, never taken for the real data
     assert json.loads((prepared / "imagenet100" / "manifest.json").read_text())["classes"] == 100
     assert json.loads((prepared / "voc" / "manifest.json").read_text())["splits"]["VOC2007/test"]["images"] > 0
     assert json.loads((prepared / "coco" / "manifest.json").read_text())["splits"]["val2017"]["images"] > 0
-    assert all((results / "logs" / f"{r}.log").is_file()
-               for r in ("synth", "prepare_imagenet100", "prepare_voc", "prepare_coco"))
+    assert all((data / "logs" / f"{r}.log").is_file()
+               for r in ("synth", "synth-prepared/imagenet100", "synth-prepared/voc", "synth-prepared/coco"))
     for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"):
         checkpoint = torch.load(results / "pretrain" / run / "checkpoint.pth", weights_only=True)
         assert checkpoint["method"] == run.split("-")[1]
@@ -139,7 +199,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     flatness = json.loads((results / "flatness" / "in100" / "flatness.json").read_text())
     assert set(flatness["models"]) == {"MoCo", "MoCo + mixtures"}
     assert flatness["title"].startswith("Figure 5 on ImageNet-100 (not the paper's setting")
-    assert Path(flatness["data"]).parts[-3:] == ("data", "prepared", "imagenet100")
+    assert Path(flatness["data"]).parts[-3:] == ("data", "synth-prepared", "imagenet100")
     detect = results / "detect" / "smoke-moco-mix"
     for setting, keys in (("voc-faster-rcnn-train", ["AP50", "recall"]), ("voc-faster-rcnn-frozen", ["AP50", "recall"]),
                           ("coco-retinanet-frozen", ["bbox_AP", "bbox_AP50", "bbox_AP75"]),

@@ -110,14 +110,17 @@ def _plan(args):
     rates = {k: v for k, v in vars(args).items() if k.endswith(("_per_s", "_per_iter")) and v is not None}
     plan = Plan(load_config(*(args.config or ["config.yaml"])), args.preset, rates)
     print("\n".join(plan.commands()) if args.commands else plan.text())
+    if note := plan.note():
+        print(note, file=sys.stderr)
 
 
 def _report(args):
-    from flatmix.report import REPORT_FILES, run
-    paths.output_folder("--out", args.out)
-    paths.refuse_overlap({f"--out {name}": os.path.join(args.out, name) for name in REPORT_FILES},
+    from flatmix.report import REPORT_FILES, folders, run
+    results, out = folders(args.config, args.results, args.out)
+    paths.output_folder("--out", out)
+    paths.refuse_overlap({f"--out {name}": os.path.join(out, name) for name in REPORT_FILES},
                          {"--config": args.config})
-    print(json.dumps(run(args.config, args.results, args.out)))
+    print(json.dumps(run(args.config, results, out)))
 
 
 def _int_list(text):
@@ -275,8 +278,9 @@ def build_parser():
 
     p = commands.add_parser("report", help="Markdown + HTML report: every table beside the paper, figures, provenance")
     p.add_argument("--config", default="config.yaml", help="the workflow config (default: %(default)s)")
-    p.add_argument("--results", default="results", help="the DAG's results folder (default: %(default)s)")
-    p.add_argument("--out", default="results/report", help="output folder (default: %(default)s)")
+    p.add_argument("--results", help="the preset's results folder (default: the config's RESULTS/PRESET, "
+                                     "where the DAG puts them, e.g. results/smoke)")
+    p.add_argument("--out", help="output folder (default: RESULTS/PRESET/report)")
     p.set_defaults(run=_report)
 
     p = commands.add_parser("bench", help="throughput benchmarks (JSON lines)")

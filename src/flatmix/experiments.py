@@ -46,7 +46,7 @@ PRESET_DESCRIPTIONS = {
     "transfer": "Tables 7-8: VOC Faster R-CNN, COCO RetinaNet and Mask R-CNN from ImageNet-1K R50 backbones",
     "paper": "all of the above",
 }
-# The parts that make a Figure 5, and the key of each in Experiments.flatness (results/flatness/KEY/): the
+# The parts that make a Figure 5, and the key of each in Experiments.flatness (RESULTS/PRESET/flatness/KEY/): the
 # paper's (ImageNet-1K) first, then the ImageNet-100 one that the smoke and in100-main presets make.
 FIGURE5_PARTS = {"figure5": "in1k", "figure5-in100": "in100"}
 
@@ -374,3 +374,15 @@ class Experiments:
         if self.preset == "smoke":
             return [("smoke-moco-mix", task, bn) for task, bn, *_ in DETECTION_TABLES.values()]
         return list(dict.fromkeys(d for part in self.parts() for d in self.part_detections(part)))
+
+    def missing_roots(self):
+        """The data roots (`data.KEY`) this preset reads but the config leaves null: ImageNet for its
+        pretraining runs (outside checkpoints need none), VOC and COCO for its detections. A null root makes
+        the embedded synthetic set, which only the smoke preset may run on: a paper-scale preset on it would
+        spend days of GPU time on meaningless numbers."""
+        if self.preset == "smoke":
+            return []
+        needed = {"imagenet"} if self.pretrain_runs() else set()
+        needed |= {"voc" if task.startswith("voc") else "coco" for _, task, _ in self.detections()}
+        return [f"data.{key}" for key in ("imagenet", "voc", "coco")
+                if key in needed and not _get(self.config, f"data.{key}")]

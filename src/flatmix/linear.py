@@ -4,22 +4,26 @@ schedule; random-resized crop + flip for training, resize + centre crop for vali
 
 Protocol defaults come from the data set (ImageNet-100: lr 10, 60 epochs, x0.1 at 30/40/50;
 ImageNet-1K: lr 30, 100 epochs, x0.1 at 60/80/90); every value can be overridden. Runs as one process
-or under torchrun; DIR/last.pth (every epoch) makes a restarted command continue exactly.
+or under torchrun; DIR/last.pth (every epoch) makes a restarted command continue exactly. Every image
+is seen each epoch (the last batch may be partial, as main_lincls.py's drop_last=False), and the probe is
+validated after every epoch, as main_lincls.py does: DIR/metrics.json keeps each epoch's mean training
+loss and top-1 ("history"), and flags a probe whose loss diverged (DIVERGENCE_FACTOR).
 """
 
+import math
 from pathlib import Path
 import time
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import transforms as T
 
 from flatmix import atomic, provenance
 from flatmix.checkpoint_io import load_own_state
 from flatmix.convert import arch_name, extract_all
-from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, AugmentedImages, \
-    rgb_to_lab, rgb_to_ycbcr
+from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, AugmentedImages, rgb_to_lab, \
+    rgb_to_ycbcr
 from flatmix.data.loading import image_folder
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
@@ -31,6 +35,14 @@ PROTOCOLS = {
     "imagenet100": {"lr": 10.0, "epochs": 60, "milestones": [30, 40, 50]},
     "imagenet1k": {"lr": 30.0, "epochs": 100, "milestones": [60, 80, 90]},
 }
+# A probe diverged when an epoch's mean loss is not finite (None), or its last epoch's is above this many times its
+# first's: a converging probe's loss falls, and a mere plateau stays well under 2x; its top-1 is then noise.
+DIVERGENCE_FACTOR = 2.0
+
+
+def diverged(history):
+    losses = [h["loss"] for h in history]
+    return None in losses or losses[-1] > DIVERGENCE_FACTOR * losses[0]
 
 
 def _colour_steps(colour):
@@ -137,26 +149,26 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     torch.manual_seed(cfg["seed"])  # the same initial linear layer on every rank and every restart
     probe = LinearProbe(backbones, classes).to(env.device)
     optimizer = torch.optim.SGD(probe.linear.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
-    sampler = EpochSampler(len(train_set), cfg["batch_size"], env.rank, env.world, cfg["seed"])
-    if sampler.steps_per_epoch() == 0:
-        raise FlatmixError(f"{len(train_set)} training images make no batch of --batch-size {cfg['batch_size']}")
+    # main_lincls.py's sampling: a (seed, epoch) shuffle padded to equal shares, so every rank takes the same
+    # number of steps, partial last batch included
+    sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, seed=cfg["seed"])
     loader = DataLoader(train_set, batch_size=cfg["batch_size"] // env.world, sampler=sampler,
-                        num_workers=workers, pin_memory=env.device.type == "cuda", drop_last=True)
+                        num_workers=workers, pin_memory=env.device.type == "cuda")
     labels_of = torch.tensor(train_set.images.targets)
     last = out / "last.pth"
-    epoch = 0
+    epoch, history = 0, []
     if last.exists():
-        state = load_own_state(last, ("epoch", "linear", "optimizer"), "linear-probe last.pth")
+        state = load_own_state(last, ("epoch", "linear", "optimizer", "history"), "linear-probe last.pth")
         if state["config"] != cfg:
             changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
             raise FlatmixError(f"{last} was made with other settings ({', '.join(changed)}); use another --out")
         probe.linear.load_state_dict(state["linear"])
         optimizer.load_state_dict(state["optimizer"])
-        epoch = state["epoch"]
+        epoch, history = state["epoch"], state["history"]
     linear = env.wrap(probe.linear)
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
-    steps = sampler.steps_per_epoch()
+    steps = len(loader)
     progress = Progress("linear", cfg["epochs"] * steps, done=epoch * steps, unit="img", per_step=cfg["batch_size"],
                         enabled=env.main)
     while epoch < cfg["epochs"]:
@@ -166,24 +178,33 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
         probe.train()
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=env.device)  # summed loss, images: no sync per step
         for step, (images, index) in enumerate(progress.batches(loader)):
             images, labels = images.to(env.device, non_blocking=True), labels_of[index].to(env.device)
             loss = nn.functional.cross_entropy(linear(probe.features(images)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            loss_sum[0] += loss.detach() * labels.numel()
+            loss_sum[1] += labels.numel()
             if progress.due() or step + 1 == steps:  # loss.item() waits for the GPU: only when shown
                 progress.show(f"epoch {epoch + 1}/{cfg['epochs']} step {step + 1}/{steps} loss {loss.item():.4f} "
                               f"lr {lr:.4g}", force=True)
+        loss_sum = env.sum(loss_sum).cpu()
+        top1, top5 = evaluate(probe, val_set, env, cfg["batch_size"] // env.world, workers)
         epoch += 1
+        mean_loss = (loss_sum[0] / loss_sum[1]).item()
+        history.append({"epoch": epoch, "loss": mean_loss if math.isfinite(mean_loss) else None,  # JSON has no NaN
+                        "top1": top1, "top5": top5})
         if env.main:
             atomic.write_torch(last, {"config": cfg, "epoch": epoch, "linear": probe.linear.state_dict(),
-                                      "optimizer": optimizer.state_dict()})
+                                      "optimizer": optimizer.state_dict(), "history": history})
         env.barrier()
     progress.close()
-    top1, top5 = evaluate(probe, val_set, env, cfg["batch_size"] // env.world, workers)
+    bad = diverged(history)
     b = backbones[0]
-    metrics = {"top1": top1, "top5": top5, **cfg, "classes": classes, "train_images": len(train_set),
+    metrics = {"top1": None if bad else history[-1]["top1"], "top5": None if bad else history[-1]["top5"],
+               "diverged": bad, "history": history, **cfg, "classes": classes, "train_images": len(train_set),
                "val_images": len(val_set), "source_format": b.source_format, "method": b.method,
                "colour": b.colour, "arch": arch_name(b.arch), "feature_dim": probe.feature_dim,
                "processes": env.world, "device": str(env.device), "wall_time_s": round(time.time() - start_time, 1),

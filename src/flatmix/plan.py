@@ -103,6 +103,14 @@ class Plan:
                          f"{row['detect_gpu_h']:>14,.1f}{row['gpu_h']:>12,.1f}")
         return "\n".join(lines)
 
+    def note(self):
+        """The data roots the workflow will ask for first, or None. A cost is worth knowing before the data
+        is in place, so the plan notes them rather than refusing."""
+        if missing := self.experiments.missing_roots():
+            return (f"flatmix: note: {', '.join(missing)} null: the workflow refuses preset "
+                    f"{self.experiments.preset} until set (only the smoke preset runs on the synthetic set)")
+        return None
+
     def commands(self):
         """The `flatmix pretrain` command of every run, for running them outside Snakemake."""
         return [f"flatmix pretrain {set_flags(spec)} --set data.root=PREPARED_IMAGENET --out runs/{run}"

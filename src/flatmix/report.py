@@ -1,5 +1,7 @@
 """The report: Tables 1-8 in the paper's shape with each cell "ours (paper, delta)", Figures 4 and 5, and
-each number's provenance (run, resolved config, commit, packages, image, hardware, wall time).
+each number's provenance (run, resolved config, commit, packages, image, hardware, wall time). A smoke
+stand-in's cell has no delta (its number is not comparable to the paper's), and a linear probe whose loss
+diverged shows "diverged", not its top-1.
 
 Markdown (report.md) and one self-contained HTML5 file (report.html, figures embedded); cells whose
 result is not there yet are shown as pending. The tables come from flatmix.experiments, so a report made
@@ -61,9 +63,11 @@ def cell_view(cell, results):
     if not results.made(cell):
         return {"text": f"pending ({paper})", "href": None, "state": "pending"}
     ours = results.value(cell)
-    if ours is None:  # e.g. an AP of a size the data holds no object of
+    if results.read(cell.result).get("diverged"):
+        text = f"diverged ({paper})"
+    elif ours is None:  # e.g. an AP of a size the data holds no object of
         text = f"n/a ({paper})"
-    elif cell.paper is None:
+    elif cell.paper is None or cell.smoke:
         text = f"{ours:.2f} ({paper})"
     else:
         text = f"{ours:.2f} ({paper}, {ours - cell.paper:+.2f})"
@@ -166,6 +170,15 @@ def build_view(experiments, results, config_path):
 
 
 REPORT_FILES = ("report.md", "report.html", "figure4.png")
+
+
+def folders(config_path, results_dir=None, out=None):
+    """(results folder, report folder), by default the config's preset's own folder, RESULTS/PRESET (where
+    the DAG puts each preset's outputs, apart from the other presets'), and its report/."""
+    if results_dir is None:
+        config = load_config(config_path)
+        results_dir = Path(config.get("results", "results")) / Experiments(config).preset
+    return Path(results_dir), Path(out) if out is not None else Path(results_dir) / "report"
 
 
 def run(config_path, results_dir, out):

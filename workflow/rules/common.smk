@@ -1,6 +1,10 @@
 # Shared helpers: where outputs go, which data roots the rules read (real or synthetic), and which runs,
 # probes and detections the chosen preset makes (flatmix.experiments, shared with `flatmix plan` and
 # `flatmix report`).
+#
+# Layout: each preset's outputs under RESULTS/PRESET/ (so presets never overwrite each other), and the data
+# every preset shares under RESULTS/data/: the synthetic set, and each data set prepared from its real root
+# (prepared/) or from the synthetic one (synth-prepared/: never mistaken for the real one).
 import json
 from pathlib import Path
 import re
@@ -13,14 +17,23 @@ from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
 from flatmix.runconfig import set_args
 
-RESULTS = config["results"]
-SYNTH = f"{RESULTS}/data/synth"
+RESULTS = f"{config['results']}/{config['preset']}"
+DATA = f"{config['results']}/data"
+SYNTH = f"{DATA}/synth"
 SMOKE = config["preset"] == "smoke"
+# A root's usual folder name, for the error that asks for it.
+ROOT_EXAMPLES = {"imagenet": "ILSVRC", "voc": "VOCdevkit", "coco": "coco"}
 
 try:
     EXPERIMENTS = Experiments(config)
 except FlatmixError as e:
     sys.exit(f"flatmix: error: {e}")
+if missing := EXPERIMENTS.missing_roots():
+    example = ", ".join(f"{key[5:]}: /path/to/{ROOT_EXAMPLES[key[5:]]}" for key in missing)
+    sys.exit(f"flatmix: error: preset {config['preset']} runs on real data only, but {', '.join(missing)} "
+             f"{'is' if len(missing) == 1 else 'are'} null (null makes the synthetic set, for the smoke preset); "
+             f"set {'it' if len(missing) == 1 else 'them'} in a file given with --configfile, e.g. "
+             f"`data: {{{example}}}`")
 PRETRAIN_RUNS = EXPERIMENTS.pretrain_runs()
 OUTSIDE = EXPERIMENTS.outside
 
@@ -66,9 +79,16 @@ def results(path):
     return f"{RESULTS}/{path}"
 
 
+def prepared_name(dataset):
+    """A data set's folder under DATA, shared by the presets: prepared/DATASET from its real root,
+    synth-prepared/DATASET from the synthetic one."""
+    key = {"imagenet100": "imagenet", "imagenet1k": "imagenet"}.get(dataset, dataset)
+    return f"{'prepared' if config['data'][key] else 'synth-prepared'}/{dataset}"
+
+
 def prepared(dataset):
     """The manifest that marks a data set as checked and ready."""
-    return results(f"data/prepared/{dataset}/manifest.json")
+    return f"{DATA}/{prepared_name(dataset)}/manifest.json"
 
 
 def synth_marker():

@@ -1,4 +1,5 @@
-# Data: synthesise the embedded set (when a root is not configured), then check and prepare each data set.
+# Data: synthesise the embedded set (when a root is not configured), then check and prepare each data set;
+# shared by every preset, under RESULTS/data/ (see common.smk).
 
 
 rule synth:
@@ -10,7 +11,7 @@ rule synth:
     resources:
         **job_resources("synth"),
     log:
-        results("logs/synth.log"),
+        f"{DATA}/logs/synth.log",
     shell:
         "flatmix synth --out {params.out:q} --seed {params.synth[seed]:q} --size {params.synth[size]:q}"
         " --train-per-class {params.synth[train_per_class]:q} --val-per-class {params.synth[val_per_class]:q}"
@@ -21,36 +22,38 @@ rule prepare_imagenet:
     input:
         data_root("imagenet")[1],
     output:
-        prepared("{subset}"),
+        f"{DATA}/{{prepared}}/manifest.json",
     wildcard_constraints:
-        subset="imagenet100|imagenet1k",
+        prepared=one_of([prepared_name(d) for d in ("imagenet100", "imagenet1k")]),
     params:
+        subset=lambda wildcards: Path(wildcards.prepared).name,
         root=data_root("imagenet")[0],
         out=lambda wildcards, output: Path(output[0]).parent,
         class_list=lambda wildcards: ["--class-list", config["data"]["class_list"]]
-        if config["data"]["class_list"] and wildcards.subset == "imagenet100" else [],
+        if config["data"]["class_list"] and Path(wildcards.prepared).name == "imagenet100" else [],
     resources:
         **job_resources("prepare_imagenet"),
     log:
-        results("logs/prepare_{subset}.log"),
+        f"{DATA}/logs/{{prepared}}.log",
     shell:
-        "flatmix prepare {wildcards.subset:q} --imagenet-root {params.root:q} --out {params.out:q}"
+        "flatmix prepare {params.subset:q} --imagenet-root {params.root:q} --out {params.out:q}"
         " {params.class_list:q} 2> {log:q}"
 
 
 rule prepare_detection:
     input:
-        lambda wildcards: data_root(wildcards.dataset)[1],
+        lambda wildcards: data_root(Path(wildcards.prepared).name)[1],
     output:
-        prepared("{dataset}"),
+        f"{DATA}/{{prepared}}/manifest.json",
     wildcard_constraints:
-        dataset="voc|coco",
+        prepared=one_of([prepared_name(d) for d in ("voc", "coco")]),
     params:
-        root=lambda wildcards: data_root(wildcards.dataset)[0],
+        dataset=lambda wildcards: Path(wildcards.prepared).name,
+        root=lambda wildcards: data_root(Path(wildcards.prepared).name)[0],
         out=lambda wildcards, output: Path(output[0]).parent,
     resources:
         **job_resources("prepare_detection"),
     log:
-        results("logs/prepare_{dataset}.log"),
+        f"{DATA}/logs/{{prepared}}.log",
     shell:
-        "flatmix prepare {wildcards.dataset:q} --root {params.root:q} --out {params.out:q} 2> {log:q}"
+        "flatmix prepare {params.dataset:q} --root {params.root:q} --out {params.out:q} 2> {log:q}"
