@@ -119,7 +119,7 @@ def test_probe_bad_inputs(prepared, tmp_path):
 def test_figure5_png_and_json(prepared, tmp_path):
     a = _flatmix_checkpoint(tmp_path / "a.pth", "moco", seed=1)
     b = _flatmix_checkpoint(tmp_path / "b.pth", "moco", seed=2)
-    title = "Figure 5 on ImageNet-100 (not the paper's setting: a test)"
+    title = r"Figure 5 on ImageNet-100 (not the paper's setting: a test, $\frac{$ and $(touch x) as plain text)"
     result = run_flatmix("flatness", "--backbone", f"MoCo={a}", "--backbone", f"MoCo + mixtures={b}",
                          "--data", prepared, "--out", tmp_path / "fig", "--image-size", "32", "--workers", "0",
                          "--title", title)

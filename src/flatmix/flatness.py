@@ -51,7 +51,13 @@ TITLE = "Figure 5: flatness of the final-layer distribution"
 
 
 def plot(models, path, title=TITLE):
-    """The paper's Figure 5: one curve per model, its mean maximum probability as a dotted line."""
+    """The paper's Figure 5: one curve per model, its mean maximum probability as a dotted line. Titles and
+    names are plain text: matplotlib would otherwise read `$...$` in them as maths (and fail on bad maths)."""
+    with plt.rc_context({"text.parse_math": False}):
+        _plot(models, path, title)
+
+
+def _plot(models, path, title):
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for i, (name, m) in enumerate(models.items()):
         colour = f"C{i}"
