@@ -88,8 +88,8 @@ def test_probe_resumes_exactly_after_a_kill(prepared, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert run_flatmix(*args, "--out", tmp_path / "b").returncode == 0
-    a = torch.load(tmp_path / "a" / "linear.pth", weights_only=True)["linear"]
-    b = torch.load(tmp_path / "b" / "linear.pth", weights_only=True)["linear"]
+    a = torch.load(tmp_path / "a" / "linear.pth", weights_only=True)["head"]
+    b = torch.load(tmp_path / "b" / "linear.pth", weights_only=True)["head"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     history_a, history_b = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in "ab")
     assert history_a == history_b and [h["epoch"] for h in history_a] == [1, 2, 3, 4]  # kept across the kill
@@ -181,3 +181,25 @@ def test_probe_trains_on_fewer_images_than_a_batch(prepared, tmp_path):
     metrics = linear.run(ckpt, prepared, tmp_path / "probe", **dict(PROBE_ARGS, epochs=1, batch_size=256))
     assert metrics["train_images"] < 256 and len(metrics["history"]) == 1
     assert 0 <= metrics["top1"] <= 100
+
+
+def test_feature_norm_makes_the_probe_indifferent_to_the_features_scale(prepared, tmp_path, monkeypatch):
+    """The smoke probe's --feature-norm: features 300x larger (a 2-epoch mixed run's, against a plain
+    run's) train the same probe, where the protocol's raw features diverge at the same lr."""
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    normalised = linear.run(ckpt, prepared, tmp_path / "normalised", **PROBE_ARGS, feature_norm=True)
+    features = linear.LinearProbe.features
+    monkeypatch.setattr(linear.LinearProbe, "features", lambda self, x: 300 * features(self, x))
+    scaled = linear.run(ckpt, prepared, tmp_path / "scaled", **PROBE_ARGS, feature_norm=True)
+    assert [h["loss"] for h in scaled["history"]] == pytest.approx([h["loss"] for h in normalised["history"]], rel=1e-3)
+    assert not scaled["diverged"] and scaled["feature_norm"] is True
+    assert linear.run(ckpt, prepared, tmp_path / "raw", **PROBE_ARGS)["diverged"]
+
+
+def test_feature_norm_refuses_a_last_batch_of_one(prepared, tmp_path):
+    images = sum(1 for _ in (prepared / "train").glob("*/*"))
+    ckpt = _flatmix_checkpoint(tmp_path / "ckpt.pth", "moco")
+    result = run_flatmix("linear", "--backbone", ckpt, "--data", prepared, "--out", tmp_path / "o", "--feature-norm",
+                         "--batch-size", images - 1, "--epochs", 1, "--image-size", 32, "--workers", 0)
+    assert_one_line_error(result, "--batch-size", "last batch of one image")
+    assert not (tmp_path / "o").exists()

@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from conftest import run_flatmix
 from flatmix.pretrain import contrastive_top1
 from flatmix.progress import Progress, Window
 
@@ -61,3 +62,12 @@ def test_data_wait_is_the_share_of_time_spent_waiting_for_batches():
     for _ in computing.batches(range(3)):
         time.sleep(0.05)
     assert computing.read()[1] < 0.2
+
+
+def test_synth_logs_plain_counted_lines_off_a_terminal(tmp_path):
+    """`flatmix synth` in a rule's log: one plain line per data set at its end (no bar's carriage returns)."""
+    result = run_flatmix("synth", "--out", tmp_path / "synth", "--size", "16", "--train-per-class", "1",
+                         "--val-per-class", "1", "--voc-images", "2", "--coco-images", "2")
+    assert result.returncode == 0, result.stderr
+    for desc, total in (("synth imagenet", 2 * 106), ("synth voc", 6), ("synth coco", 4)):
+        assert plain_lines(result.stderr, desc)[-1].startswith(f"{desc} image {total}/{total} ")

@@ -1,8 +1,12 @@
-"""The report's shape: every table with made, pending and missing cells, valid self-contained HTML5,
-links that lead to provenance, and one-line errors. (The smoke DAG test checks it on real results.)"""
+"""The report's shape: every table with made, pending and missing cells and a note on what its marks
+mean, valid HTML5 with its values escaped and its figures embedded, links that lead to provenance and to
+the results' files, provenance shown once where shared, training curves, a report folder that can be
+copied, and one-line errors. (The smoke DAG test checks it on real results.)"""
 
 import json
 import re
+import shutil
+from urllib.parse import unquote, urlsplit
 
 import html5lib
 import yaml
@@ -16,6 +20,37 @@ CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 def _write(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
+
+
+def _report(config, results, out):
+    """Run `flatmix report` on CONFIG (a dict); returns (report.md, report.html)."""
+    (out.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_flatmix("report", "--config", out.parent / "config.yaml", "--results", results, "--out", out)
+    assert result.returncode == 0, result.stderr
+    return (out / "report.md").read_text(), (out / "report.html").read_text()
+
+
+def _assert_links_stay_local(html, report_dir):
+    """Every src/href is an anchor of the page, an embedded image, or a relative link to a file that
+    exists (never an absolute path, never the network); returns the relative links."""
+    relative = []
+    for link in re.findall(r'(?:src|href)="([^"]*)"', html):
+        if link.startswith(("#", "data:image/png;base64,")):
+            continue
+        assert not urlsplit(link).scheme and not link.startswith("/"), link
+        assert (report_dir / unquote(link)).is_file(), link
+        relative.append(link)
+    anchors = set(re.findall(r'href="#([^"]+)"', html))
+    assert all(f'id="{a}"' in html for a in anchors)
+    return relative
+
+
+def _section(markdown, heading):
+    """The Markdown from HEADING to the next heading of its level or above."""
+    start = markdown.index(heading + "\n")
+    body = start + len(heading)
+    end = re.compile(r"^#{1,%d} " % len(heading.split(" ")[0]), re.M).search(markdown, body)
+    return markdown[start:end.start() if end else None]
 
 
 def test_report_sets_ours_beside_the_paper_and_links_provenance(tmp_path):
@@ -47,17 +82,19 @@ def test_report_sets_ours_beside_the_paper_and_links_provenance(tmp_path):
 
     html5lib.HTMLParser(strict=True).parse(html)  # raises on any HTML5 parse error
     assert html.count('src="data:image/png;base64,') == 1  # Figure 4 embedded (Figure 5 pending here)
-    assert "### Figure 5 on ImageNet-100 (not the paper's setting" in markdown  # in100-main's Figure 5 only
-    assert "ImageNet-1K val" not in markdown
-    assert not re.search(r'(src|href)="(?!#|data:)', html), "the HTML must not load anything from outside"
-    links = set(re.findall(r'href="#([^"]+)"', html))
-    assert links and all(f'id="{a}"' in html for a in links)
-    assert (tmp_path / "report" / "figure4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "### ImageNet-100\n\npending: *Figure 5 on ImageNet-100 (not the paper's setting" in markdown
+    assert "### ImageNet-1K" not in markdown  # in100-main's Figure 5 only
+    assert 'href="#prov-' in html
+    assert _assert_links_stay_local(html, tmp_path / "report")  # the result's metrics file, at least
+    assert "No pretraining run or linear probe is made yet." in markdown  # no curves to draw
+    for png in ("figure4.png", "curves.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_shows_each_figure5_with_its_title(tmp_path):
-    """The paper preset makes two Figure 5s: the made one (ImageNet-1K) embedded with its title and maxima,
-    the ImageNet-100 one, labelled as not the paper's setting, pending."""
+def test_report_shows_each_figure5_with_its_title_once(tmp_path):
+    """The paper preset makes two Figure 5s, each headed by its data set: the made one (ImageNet-1K)
+    embedded with its maxima (its title is in the image, and its alt text), the ImageNet-100 one pending,
+    its title (not the paper's setting) said in the text."""
     from PIL import Image
 
     config = dict(CONFIG, preset="paper")
@@ -76,17 +113,18 @@ def test_report_shows_each_figure5_with_its_title(tmp_path):
     html = (tmp_path / "report" / "report.html").read_text()
     in1k, in100 = figures["in1k"].title, figures["in100"].title
     assert "ImageNet-1K" in in1k and "not the paper's setting" in in100
-    made = markdown.index(f"### {in1k}\n")
-    pending = markdown.index(f"### {in100}\n")
+    made = markdown.index("### ImageNet-1K\n")
+    pending = markdown.index("### ImageNet-100\n")
     assert made < pending < markdown.index("## Provenance")
-    assert "](../flatness/in1k/flatness.png)" in markdown[made:pending]
+    assert f"![{in1k}](figure5-in1k.png)" in markdown[made:pending]  # the image beside the report
     assert "MoCo: mean maximum probability 0.012345" in markdown[made:pending]
     assert "MoCo + mixtures: mean maximum probability 0.006789" in markdown[made:pending]
-    assert markdown[pending:].split("\n\n")[1] == "pending"
+    assert markdown[pending:].split("\n\n")[1] == f"pending: *{in100}*"
+    assert markdown.count(in1k) == 1 and markdown.count(in100) == 1  # each title once
     html5lib.HTMLParser(strict=True).parse(html)
     assert html.count('src="data:image/png;base64,') == 2  # Figure 4 and the made Figure 5
-    assert 'id="figure5-in1k"' in html and 'id="figure5-in100"' in html
-    assert re.search(r"<h3 id=\"figure5-in100\">Figure 5 on ImageNet-100 \(not the paper(&#39;|')s setting", html)
+    assert '<h3 id="figure5-in1k">ImageNet-1K</h3>' in html and '<h3 id="figure5-in100">ImageNet-100</h3>' in html
+    assert re.search(r"<p>pending: <em>Figure 5 on ImageNet-100 \(not the paper(&#39;|')s setting", html)
     assert "0.006789" in html
 
 
@@ -146,3 +184,143 @@ def test_report_shows_a_diverged_probe_as_diverged(tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "[diverged (79.8)](#prov-" in markdown and "n/a (79.8)" not in markdown
     assert ">diverged (79.8)</a>" in (tmp_path / "report" / "report.html").read_text()
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _table_section(markdown, number):
+    return _section(markdown, re.search(rf"^## Table {number}:.*$", markdown, re.M).group(0))
+
+
+def test_report_html_escapes_what_the_results_hold(tmp_path):
+    """A value read from a results file (an evaluation setting, a provenance field, a run's config) is
+    text in the HTML, never markup; the Markdown shows it as written, in code."""
+    config = dict(CONFIG, preset="in100-main")
+    results = tmp_path / "results"
+    run = Experiments(config).roles["moco-ours-800"]
+    _write(results / linear_result(run), {"top1": 80.0, "top5": 95.0, "device": HOSTILE,
+                                          "provenance": {"git_commit": "abc123", "container_image": HOSTILE}})
+    (results / "pretrain" / run).mkdir(parents=True)
+    (results / "pretrain" / run / "config.yaml").write_text(f"method: moco  # {HOSTILE}\n")
+    markdown, html = _report(config, results, tmp_path / "report")
+    html5lib.HTMLParser(strict=True).parse(html)
+    assert "<script" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 3
+    assert f"device `{HOSTILE}`" in markdown and f"container image: `{HOSTILE}`" in markdown
+    assert f"method: moco  # {HOSTILE}" in markdown and "&lt;" not in markdown
+
+
+def test_report_shows_shared_provenance_once_and_each_difference_per_result(tmp_path):
+    """Two results built alike but from different commits: the packages, image and hardware are shown
+    once for both, each commit under its own result only."""
+    config = dict(CONFIG, preset="in100-main")
+    results = tmp_path / "results"
+    roles = Experiments(config).roles
+    commits = {roles["moco-800"]: "aaa111", roles["moco-ours-800"]: "bbb222"}
+    for run, commit in commits.items():
+        _write(results / linear_result(run), {"top1": 79.0, "top5": 95.0, "provenance": {
+            "git_commit": commit, "container_image": "flatmix.sif", "python": "3.11.7",
+            "packages": {"torch": "2.14.1", "numpy": "2.4.6"}, "hardware": {"host": "node1", "gpus": ["NVIDIA H100"]}}})
+    markdown, html = _report(config, results, tmp_path / "report")
+    shared = markdown[markdown.index("## Provenance"):markdown.index('<a id="prov-')]
+    assert "- packages: `torch 2.14.1, numpy 2.4.6`" in shared and "- container image: `flatmix.sif`" in shared
+    assert "- hardware: `host node1, gpus NVIDIA H100`" in shared
+    assert markdown.count("torch 2.14.1") == 1 and html.count("torch 2.14.1") == 1
+    for run, commit in commits.items():
+        entry = _section(markdown, f"### {linear_result(run)}")
+        assert f"evaluation's provenance: git commit `{commit}`\n" in entry
+        assert markdown.count(commit) == 1 and html.count(commit) == 1
+
+
+def test_report_links_each_result_to_its_files_relative_to_the_report(tmp_path):
+    """A provenance entry links its metrics file, its rule log and its pretraining run's files (those that
+    exist) by relative, URL-quoted links that resolve from the report folder (here across a results folder
+    whose name holds a space)."""
+    config = dict(CONFIG, preset="in100-main")
+    results = tmp_path / "my results"
+    roles = Experiments(config).roles
+    made, bare = roles["moco-ours-800"], roles["moco-800"]
+    for run in (made, bare):
+        _write(results / linear_result(run), {"top1": 79.0, "top5": 95.0})
+    _write(results / "pretrain" / made / "summary.json",
+           {"epochs": 800, "final_loss": 6.5, "processes": 4, "device": "cuda:0", "wall_time_s": 86400.0})
+    (results / "pretrain" / made / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "loss": 9.0}) + "\n")
+    for log in (f"logs/linear/{made}.log", f"logs/pretrain/{made}.log"):
+        (results / log).parent.mkdir(parents=True, exist_ok=True)
+        (results / log).write_text("done\n")
+    markdown, html = _report(config, results, tmp_path / "report")
+    report = tmp_path / "report"
+    assert len(_assert_links_stay_local(html, report)) == 6  # 5 of the made run's files, 1 of the bare one's
+    assert all((report / unquote(link)).is_file() for link in re.findall(r"\]\(([^#)][^)]*)\)", markdown))
+    entry = _section(markdown, f"### {linear_result(made)}")
+    for label, rel in (("metrics", linear_result(made)), ("log", f"logs/linear/{made}.log"),
+                       ("pretraining summary", f"pretrain/{made}/summary.json"),
+                       ("pretraining metrics", f"pretrain/{made}/metrics.jsonl"),
+                       ("pretraining log", f"logs/pretrain/{made}.log")):
+        assert f"[{label}](../my%20results/{rel})" in entry, label
+    bare_entry = _section(markdown, f"### {linear_result(bare)}")
+    assert f"- files: [metrics](../my%20results/{linear_result(bare)})\n" in bare_entry  # nothing else exists
+
+
+def test_report_folder_reads_the_same_when_copied_elsewhere(tmp_path):
+    """Every image report.md shows lies in the report folder (each made Figure 5 copied there), so a copy
+    of the folder alone shows them all."""
+    from PIL import Image
+
+    results = tmp_path / "results"
+    _write(results / "flatness" / "in100" / "flatness.json", {"models": {"MoCo": {"max_probability": 0.01}}})
+    Image.new("RGB", (8, 8)).save(results / "flatness" / "in100" / "flatness.png")
+    _write(results / linear_result("smoke-moco"),
+           {"top1": 10.0, "top5": 20.0, "history": [{"epoch": 1, "loss": 4.0, "top1": 10.0, "top5": 20.0}]})
+    _report(dict(CONFIG, preset="smoke"), results, tmp_path / "report")
+    copy = shutil.copytree(tmp_path / "report", tmp_path / "elsewhere" / "report")
+    shutil.rmtree(tmp_path / "report")
+    shutil.rmtree(results)
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (copy / "report.md").read_text())
+    assert sorted(images) == ["curves.png", "figure4.png", "figure5-in100.png"]
+    assert all((copy / image).read_bytes()[:8] == PNG for image in images)
+
+
+def test_report_plots_each_runs_training_curves(tmp_path):
+    """A pretraining run's loss and contrastive top-1 (its metrics.jsonl, a line per logged step: averaged
+    per epoch) and a linear probe's history are drawn in curves.png, and the report names the runs drawn;
+    runs not made are absent, and a line still being written is left out."""
+    from flatmix.report import Results, pretrain_curve
+
+    results = tmp_path / "results"
+    steps = [{"epoch": e, "step": s, "loss": 10.0 - s, "acc1": 5.0 * s} for e, s in ((0, 1), (0, 2), (1, 3), (1, 4))]
+    (results / "pretrain" / "smoke-moco").mkdir(parents=True)
+    (results / "pretrain" / "smoke-moco" / "metrics.jsonl").write_text(
+        "".join(json.dumps(s) + "\n" for s in steps) + '{"epoch": 2, "st')
+    _write(results / linear_result("smoke-cmc"),
+           {"top1": 3.0, "top5": 9.0, "history": [{"epoch": 1, "loss": 4.6, "top1": 1.0, "top5": 5.0},
+                                                   {"epoch": 2, "loss": None, "top1": 3.0, "top5": 9.0}]})
+    assert pretrain_curve(Results(results), "smoke-moco") == {1: (8.5, 7.5), 2: (6.5, 17.5)}
+
+    markdown, html = _report(dict(CONFIG, preset="smoke"), results, tmp_path / "report")
+    assert (tmp_path / "report" / "curves.png").read_bytes()[:8] == PNG
+    curves = _section(markdown, "## Training curves")
+    assert "](curves.png)" in curves
+    assert re.search(r"^- pretraining runs .*: `smoke-moco`$", curves, re.M)
+    assert re.search(r"^- linear probes .*: `smoke-cmc`$", curves, re.M)
+    assert html.count('src="data:image/png;base64,') == 2  # Figure 4 and the curves (Figure 5 pending)
+    assert "<code>smoke-moco</code>" in html[html.index('id="curves"'):html.index('id="provenance"')]
+
+
+def test_report_explains_the_marks_under_each_table(tmp_path):
+    """Under each table, a note says what the marks it shows mean (pending, n/a, diverged, smoke, –), and
+    only those."""
+    results = tmp_path / "results"
+    _write(results / linear_result("smoke-moco"), {"top1": None, "top5": None, "diverged": True})
+    _write(results / "detect" / "smoke-moco-mix" / "voc-faster-rcnn-train" / "metrics.json",
+           {"AP50": 70.0, "recall": None})
+    markdown, html = _report(dict(CONFIG, preset="smoke"), results, tmp_path / "report")
+    table1, table5, table7a = (_table_section(markdown, n) for n in ("1", "5", "7a"))
+    assert "\n*pending: not made yet (the paper's number in brackets).*\n" in table1
+    assert "diverged: the linear probe's loss diverged" in table5 and "smoke: " in table5 and "n/a" not in table5
+    assert "n/a: made, but the result holds no such number" in table7a and "–: not in the paper" in table7a
+    assert "diverged" not in table7a
+    assert html.count('<p class="terms">') == len(Experiments(dict(CONFIG, preset="smoke")).tables)
+    assert "<em>n/a</em>: made, but" in html

@@ -82,8 +82,8 @@ def _linear(args):
     paths.refuse_overlap({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
     metrics = run(args.backbone, args.data, args.out, epochs=args.epochs, lr=args.lr, milestones=args.milestones,
                   batch_size=args.batch_size, weight_decay=args.weight_decay, image_size=args.image_size,
-                  workers=args.workers, seed=args.seed)
-    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "epochs", "protocol")}))
+                  workers=args.workers, seed=args.seed, feature_norm=args.feature_norm)
+    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "diverged", "epochs", "protocol")}))
 
 
 def _flatness(args):
@@ -234,6 +234,8 @@ def build_parser():
     p.add_argument("--image-size", type=_at_least(16), default=224, help="crop side in pixels")
     p.add_argument("--workers", type=_at_least(0), default=8, help="data loader workers per process")
     p.add_argument("--seed", type=_at_least(0), default=0, help="random seed (initialisation, data order, crops)")
+    p.add_argument("--feature-norm", action="store_true",
+                   help="a parameter-free BatchNorm before the linear layer (MAE's probe; not the paper's protocol)")
     p.set_defaults(run=_linear)
 
     p = commands.add_parser("flatness", help="Figure 5: sorted softmax of the final layer, per backbone")
@@ -266,7 +268,9 @@ def build_parser():
     p.add_argument("--config", action="append", metavar="FILE",
                    help="the workflow config; repeat to layer files as Snakemake's --configfile does "
                         "(default: config.yaml)")
-    p.add_argument("--commands", action="store_true", help="print each pretraining run's flatmix command instead")
+    p.add_argument("--commands", action="store_true", help="print instead each pretraining run's command as the workflow runs it (launcher, "
+                        "settings, prepared data and output folder, relative to the folder Snakemake runs in), "
+                        "with a comment naming the parts of the paper that need it")
     for flag, help_text in (("--moco-pairs-per-s", "MoCo pretraining pairs/s per GPU"),
                             ("--cmc-pairs-per-s", "CMC pretraining pairs/s per GPU"),
                             ("--probe-images-per-s", "linear probe images/s per GPU"),

@@ -40,7 +40,7 @@ def measure(checkpoint, data, image_size, batch_size, workers, device):
             p = sorted_softmax(probe.features(images.to(device))).sum(0).cpu().double()
             total = p if total is None else total + p
             count += images.shape[0]
-            progress.show(f"batch {progress.done}/{len(loader)}", force=progress.done == len(loader))
+            progress.show_count("batch")
     progress.close()
     curve = total / count
     return {"checkpoint": str(checkpoint), "images": count, "feature_dim": probe.feature_dim,
@@ -51,14 +51,10 @@ TITLE = "Figure 5: flatness of the final-layer distribution"
 
 
 def plot(models, path, title=TITLE):
-    """The paper's Figure 5: one curve per model, its mean maximum probability as a dotted line. Titles and
-    names are plain text: matplotlib would otherwise read `$...$` in them as maths (and fail on bad maths)."""
-    with plt.rc_context({"text.parse_math": False}):
-        _plot(models, path, title)
-
-
-def _plot(models, path, title):
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    """The paper's Figure 5: one curve per model, its mean maximum probability as a dotted line. The title
+    and the names are plain text (matplotlib would otherwise read `$...$` in them as maths, and fail on bad
+    maths); the log axis keeps its maths tick labels."""
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     for i, (name, m) in enumerate(models.items()):
         colour = f"C{i}"
         ax.plot(range(1, len(m["curve"]) + 1), m["curve"], color=colour, label=name)
@@ -67,8 +63,10 @@ def _plot(models, path, title):
     ax.set_xscale("log")
     ax.set_xlabel("dimension of the final-layer output, sorted by probability")
     ax.set_ylabel("mean softmax probability")
-    ax.set_title("\n".join(textwrap.wrap(title, 64)), fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=11, parse_math=False)
+    legend = ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    for text in legend.get_texts():
+        text.set_parse_math(False)
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

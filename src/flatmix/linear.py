@@ -62,9 +62,11 @@ def val_transform(size, colour):
 
 
 class LinearProbe(nn.Module):
-    """Frozen backbone(s) (always in eval mode) and the linear layer trained on their pooled features."""
+    """Frozen backbone(s) (always in eval mode) and the head trained on their pooled features: the linear
+    layer, after a parameter-free BatchNorm when `feature_norm` (MAE's linear probe; off in the paper's
+    protocol, on for the smoke preset, whose 2-epoch backbones give features of very different scales)."""
 
-    def __init__(self, backbones, num_classes):
+    def __init__(self, backbones, num_classes, feature_norm=False):
         super().__init__()
         encoders = []
         for b in backbones:
@@ -77,9 +79,11 @@ class LinearProbe(nn.Module):
         # which input channels each encoder reads: RGB (MoCo) all three; CMC's halves 0 and 1-2
         self.channels = [slice(None)] if len(encoders) == 1 else [slice(0, 1), slice(1, 3)]
         self.feature_dim = sum(e.feature_dim for e in encoders)
-        self.linear = nn.Linear(self.feature_dim, num_classes)
-        nn.init.normal_(self.linear.weight, 0.0, 0.01)
-        nn.init.zeros_(self.linear.bias)
+        linear = nn.Linear(self.feature_dim, num_classes)
+        nn.init.normal_(linear.weight, 0.0, 0.01)
+        nn.init.zeros_(linear.bias)
+        norm = nn.BatchNorm1d(self.feature_dim, affine=False, eps=1e-6) if feature_norm else nn.Identity()
+        self.head = nn.Sequential(norm, linear)
 
     def train(self, mode=True):
         super().train(mode)
@@ -91,7 +95,7 @@ class LinearProbe(nn.Module):
             return torch.cat([e(x[:, c]) for e, c in zip(self.encoders, self.channels)], dim=1)
 
     def forward(self, x):
-        return self.linear(self.features(x))
+        return self.head(self.features(x))
 
 
 def _accuracy_counts(logits, labels):
@@ -113,7 +117,7 @@ def evaluate(probe, dataset, env, batch_size, workers):
 
 
 def run(backbone, data, out, epochs=None, lr=None, milestones=None, batch_size=256, weight_decay=0.0,
-        image_size=224, workers=8, seed=0):
+        image_size=224, workers=8, seed=0, feature_norm=False):
     """Train and evaluate the probe; writes DIR/metrics.json and returns it."""
     data, out = Path(data), Path(out)
     for split in ("train", "val"):
@@ -133,7 +137,7 @@ def run(backbone, data, out, epochs=None, lr=None, milestones=None, batch_size=2
            "lr": lr if lr is not None else protocol["lr"],
            "milestones": milestones if milestones is not None else protocol["milestones"],
            "batch_size": batch_size, "weight_decay": weight_decay, "momentum": 0.9,
-           "image_size": image_size, "seed": seed}
+           "image_size": image_size, "seed": seed, "feature_norm": feature_norm}
 
     env = Distributed()
     try:
@@ -146,9 +150,12 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     start_time = time.time()
     if cfg["batch_size"] % env.world:
         raise FlatmixError(f"--batch-size {cfg['batch_size']} is not divisible by {env.world} processes")
+    if cfg["feature_norm"] and math.ceil(len(train_set) / env.world) % (cfg["batch_size"] // env.world) == 1:
+        raise FlatmixError(f"--batch-size {cfg['batch_size']} leaves a last batch of one image per process, which "
+                           "--feature-norm cannot normalise; pick another batch size")
     torch.manual_seed(cfg["seed"])  # the same initial linear layer on every rank and every restart
-    probe = LinearProbe(backbones, classes).to(env.device)
-    optimizer = torch.optim.SGD(probe.linear.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+    probe = LinearProbe(backbones, classes, cfg["feature_norm"]).to(env.device)
+    optimizer = torch.optim.SGD(probe.head.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
     # main_lincls.py's sampling: a (seed, epoch) shuffle padded to equal shares, so every rank takes the same
     # number of steps, partial last batch included
     sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, seed=cfg["seed"])
@@ -158,14 +165,15 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     last = out / "last.pth"
     epoch, history = 0, []
     if last.exists():
-        state = load_own_state(last, ("epoch", "linear", "optimizer", "history"), "linear-probe last.pth")
+        state = load_own_state(last, ("epoch", "head", "optimizer", "history"), "linear-probe last.pth")
         if state["config"] != cfg:
             changed = sorted(k for k in cfg if state["config"].get(k) != cfg[k])
-            raise FlatmixError(f"{last} was made with other settings ({', '.join(changed)}); use another --out")
-        probe.linear.load_state_dict(state["linear"])
+            raise FlatmixError(f"{last} was made with other settings ({', '.join(changed)}); delete it to start "
+                               "this probe over, or use another --out")
+        probe.head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, history = state["epoch"], state["history"]
-    linear = env.wrap(probe.linear)
+    head = env.wrap(probe.head)
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
     steps = len(loader)
@@ -181,7 +189,7 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
         loss_sum = torch.zeros(2, dtype=torch.float64, device=env.device)  # summed loss, images: no sync per step
         for step, (images, index) in enumerate(progress.batches(loader)):
             images, labels = images.to(env.device, non_blocking=True), labels_of[index].to(env.device)
-            loss = nn.functional.cross_entropy(linear(probe.features(images)), labels)
+            loss = nn.functional.cross_entropy(head(probe.features(images)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -197,7 +205,7 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
         history.append({"epoch": epoch, "loss": mean_loss if math.isfinite(mean_loss) else None,  # JSON has no NaN
                         "top1": top1, "top5": top5})
         if env.main:
-            atomic.write_torch(last, {"config": cfg, "epoch": epoch, "linear": probe.linear.state_dict(),
+            atomic.write_torch(last, {"config": cfg, "epoch": epoch, "head": probe.head.state_dict(),
                                       "optimizer": optimizer.state_dict(), "history": history})
         env.barrier()
     progress.close()
@@ -211,5 +219,5 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
                "provenance": provenance.collect()}
     if env.main:
         atomic.write_json(out / "metrics.json", metrics)
-        atomic.write_torch(out / "linear.pth", {"linear": probe.linear.state_dict(), "config": cfg})
+        atomic.write_torch(out / "linear.pth", {"head": probe.head.state_dict(), "config": cfg})
     return metrics

@@ -1,6 +1,6 @@
 """The cost of a preset before running it: per table, the pretraining runs, the images they process and
 the GPU-hours of pretraining, linear probes and detection fine-tuning, and the total with every shared
-run counted once.
+run counted once; or each pretraining run's command, as the workflow runs it (flatmix.launch).
 
 GPU-hours follow from per-GPU rates measured on an NVIDIA H100 (DESIGN.md; bf16 + channels_last,
 mixtures on, data already on the GPU: the loader must keep up, see `flatmix bench pretrain`) and, for
@@ -9,9 +9,9 @@ ones (flatmix.paper), or the embedded set's for the smoke preset.
 """
 
 from flatmix import paper
-from flatmix.experiments import Experiments
+from flatmix.experiments import PRESET_PARTS, Experiments
+from flatmix.launch import pretrain_command, run_shape
 from flatmix.linear import PROTOCOLS
-from flatmix.runconfig import set_flags
 
 RATES = {
     "moco_pairs_per_s": 2633.0,    # MoCo v1 R50, batch 256, K 65536, global + region mixtures
@@ -50,12 +50,14 @@ class Plan:
         return images, images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / rate / 3600
 
     def probe_cost(self, run, spec):
+        """GPU-hours of one run's linear probe, at the epochs the workflow gives it (config `linear`, or
+        `smoke.linear` for the smoke preset; null: the protocol's). The probe validates after every epoch
+        (flatmix.linear), so each epoch reads the training and the validation images."""
         dataset = self.experiments.dataset_of(run)
-        epochs = self.config["linear"]["epochs"] or PROTOCOLS[dataset]["epochs"]
-        if self.experiments.preset == "smoke":
-            epochs = self.config["smoke"]["linear"]["epochs"]
+        linear = self.config["smoke"]["linear"] if self.experiments.preset == "smoke" else self.config["linear"]
+        epochs = PROTOCOLS[dataset]["epochs"] if linear["epochs"] is None else linear["epochs"]
         train, val = self.sizes[dataset]
-        images = epochs * train + val
+        images = epochs * (train + val)
         return images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / self.rates["probe_images_per_s"] / 3600
 
     def detection_gpu_h(self, task):
@@ -112,6 +114,15 @@ class Plan:
         return None
 
     def commands(self):
-        """The `flatmix pretrain` command of every run, for running them outside Snakemake."""
-        return [f"flatmix pretrain {set_flags(spec)} --set data.root=PREPARED_IMAGENET --out runs/{run}"
-                for run, spec in self.experiments.pretrain_runs().items()]
+        """One line per run for running it outside Snakemake: exactly the command the workflow's pretrain
+        rule runs (flatmix.launch; less its log redirect), then a bash comment naming the parts of the paper
+        that need it (for the smoke preset: the parts of the runs it stands in for)."""
+        e = self.experiments
+        needs = {part: e.part_runs(part) for part in e.parts() or PRESET_PARTS["paper"]}
+        lines = []
+        for run, spec in e.pretrain_runs().items():
+            parts = ", ".join(part for part, runs in needs.items() if run in runs)
+            nodes = run_shape(e, run)[1]
+            lines.append(f"{pretrain_command(e, run, spec)}  # {'stands in for ' if e.preset == 'smoke' else ''}"
+                         f"{parts}{f' (srun: inside a SLURM job of {nodes} nodes)' if nodes > 1 else ''}")
+        return lines

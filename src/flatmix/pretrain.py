@@ -167,7 +167,8 @@ def _load_last(path, cfg, force):
     changed = _config_difference(state["config"], cfg)
     if changed and not force:
         raise FlatmixError(f"{path} was made with a different config ({', '.join(changed)} differ); "
-                           "use the same config, another --out, or --force to continue anyway")
+                           "use the same config, delete it to start the run over, another --out, or --force to "
+                           "continue anyway")
     return state
 
 

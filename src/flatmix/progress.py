@@ -77,6 +77,10 @@ class Progress:
         else:
             print(f"{self.desc} {text}{self._eta()}", file=sys.stderr, flush=True)
 
+    def show_count(self, what):
+        """`done/total what` when due, and always at the end: for a loop with no metrics of its own."""
+        self.show(f"{what} {self.done}/{self.total}", force=self.done == self.total)
+
     def _eta(self):
         rate = (self.done - self.done_at_start) / max(time.monotonic() - self.started, 1e-9)
         if rate <= 0:
@@ -88,3 +92,9 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

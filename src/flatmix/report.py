@@ -1,18 +1,23 @@
-"""The report: Tables 1-8 in the paper's shape with each cell "ours (paper, delta)", Figures 4 and 5, and
-each number's provenance (run, resolved config, commit, packages, image, hardware, wall time). A smoke
-stand-in's cell has no delta (its number is not comparable to the paper's), and a linear probe whose loss
-diverged shows "diverged", not its top-1.
+"""The report: Tables 1-8 in the paper's shape with each cell "ours (paper, delta)", Figures 4 and 5, the
+training curves, and each number's provenance. A smoke stand-in's cell has no delta (its number is not
+comparable to the paper's), and a linear probe whose loss diverged shows "diverged", not its top-1.
 
-Markdown (report.md) and one self-contained HTML5 file (report.html, figures embedded); cells whose
-result is not there yet are shown as pending. The tables come from flatmix.experiments, so a report made
-by hand from partial results has the same shape as the DAG's.
+Markdown (report.md, with its images beside it in the report folder, so the folder can be copied
+anywhere) and one self-contained HTML5 file (report.html, figures embedded). Both link each result to its
+metrics file, its pretraining run's files and the rules' logs, relative to the report folder. Provenance
+(commit, image, packages, hardware, python) is shown once for what all results share, then per result
+only what differs. Cells whose result is not there yet are shown as pending. The tables come from
+flatmix.experiments, so a report made by hand from partial results has the same shape as the DAG's.
 """
 
 import base64
 from datetime import datetime, timezone
 import json
+import os
 from pathlib import Path
 import re
+import shutil
+from urllib.parse import quote
 
 import jinja2
 import matplotlib
@@ -23,8 +28,25 @@ from flatmix.experiments import Experiments, load_config
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("flatmix", "resources"), autoescape=jinja2.select_autoescape(
-    ["html"]), keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+# report.html.j2 is HTML: its values (run configs, titles, provenance) are escaped, never markup
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("flatmix", "resources"),
+                               autoescape=jinja2.select_autoescape(["html", "html.j2"]), keep_trailing_newline=True,
+                               trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+
+# The report's figures are embedded at most ~1200 px wide: text at 11 pt (legends 10 pt) stays legible.
+# (Their labels are fixed text and run names, which hold no `$`: matplotlib's maths stays on for log ticks.)
+STYLE = {"font.size": 11, "legend.fontsize": 10, "axes.titlesize": 12}
+
+DATASETS = {"imagenet100": "ImageNet-100", "imagenet1k": "ImageNet-1K"}
+
+# What a cell's marks mean: the note under each table that shows them
+TERMS = {
+    "pending": "not made yet (the paper's number in brackets)",
+    "n/a": "made, but the result holds no such number (e.g. an AP for an object size the data has none of)",
+    "diverged": "the linear probe's loss diverged, so it has no top-1",
+    "smoke": "a tiny smoke run standing in for the paper's, not comparable with it (no difference shown)",
+    "–": "not in the paper",
+}
 
 
 def anchor(result):
@@ -47,6 +69,17 @@ class Results:
                 raise FlatmixError(f"{path} is not a readable metrics file: {e}") from None
         return self._cache[rel]
 
+    def lines(self, rel):
+        """The records of a JSON-lines file ([] if absent). A last line without its newline is being
+        written by a running job: left out."""
+        path = self.root / rel
+        if not path.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+        except (OSError, json.JSONDecodeError) as e:
+            raise FlatmixError(f"{path} is not a readable metrics file: {e}") from None
+
     def value(self, cell):
         metrics = self.read(cell.result)
         return None if metrics is None else metrics.get(cell.metric)
@@ -56,104 +89,301 @@ class Results:
 
 
 def cell_view(cell, results):
-    """{text, href, state} for one table cell."""
+    """{text, href, state, terms} for one table cell; terms are the TERMS its text uses."""
     if cell is None:
-        return {"text": "–", "href": None, "state": "none"}
+        return {"text": "–", "href": None, "state": "none", "terms": ["–"]}
     paper = "–" if cell.paper is None else f"{cell.paper:.{cell.digits}f}"
+    terms = ["–"] if cell.paper is None else []
     if not results.made(cell):
-        return {"text": f"pending ({paper})", "href": None, "state": "pending"}
+        return {"text": f"pending ({paper})", "href": None, "state": "pending", "terms": ["pending", *terms]}
     ours = results.value(cell)
     if results.read(cell.result).get("diverged"):
-        text = f"diverged ({paper})"
+        text, terms = f"diverged ({paper})", ["diverged", *terms]
     elif ours is None:  # e.g. an AP of a size the data holds no object of
-        text = f"n/a ({paper})"
+        text, terms = f"n/a ({paper})", ["n/a", *terms]
     elif cell.paper is None or cell.smoke:
         text = f"{ours:.2f} ({paper})"
     else:
         text = f"{ours:.2f} ({paper}, {ours - cell.paper:+.2f})"
     return {"text": text + (" smoke" if cell.smoke else ""), "href": "#" + anchor(cell.result),
-            "state": "smoke" if cell.smoke else "made"}
+            "state": "smoke" if cell.smoke else "made", "terms": terms + (["smoke"] if cell.smoke else [])}
 
 
-def _provenance_entry(cell, results):
-    """What produced one result file: the evaluation's record and, for a pretrained backbone, the run's."""
+def table_terms(rows):
+    """The TERMS a table's cells use, in TERMS' order: the table's note explains only those."""
+    used = {t for r in rows for c in r["cells"] for t in c["terms"]}
+    return {term: meaning for term, meaning in TERMS.items() if term in used}
+
+
+# ---- provenance -------------------------------------------------------------------------------------
+
+PROVENANCE_LABELS = {"git_commit": "git commit", "container_image": "container image", "python": "python",
+                     "packages": "packages", "hardware": "hardware"}  # in the order shown
+
+
+def flat_provenance(record):
+    """{(group, name): value} of a provenance record: a dict's entries (packages, hardware) one by one, so
+    that a result differing in one package or the host differs in that only; a scalar has name None."""
+    flat = {}
+    for group, value in (record or {}).items():
+        for name, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            flat[(group, name)] = v
+    return flat
+
+
+def shared_provenance(records):
+    """The (group, name): value pairs every recorded provenance has alike."""
+    records = [r for r in records if r]
+    if not records:
+        return {}
+    return {k: v for k, v in records[0].items() if all(k in r and r[k] == v for r in records[1:])}
+
+
+def _shown(value):
+    if value is None or value == []:
+        return "none"
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def provenance_lines(flat):
+    """[(label, text)] of flat provenance, a line per group: `packages: torch 2.14.1, numpy 2.4.6`."""
+    groups = {}
+    for (group, name), value in flat.items():
+        groups.setdefault(group, []).append(_shown(value) if name is None else f"{name} {_shown(value)}")
+    rank = {g: i for i, g in enumerate(PROVENANCE_LABELS)}
+    order = sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))
+    return [(PROVENANCE_LABELS.get(g, g), ", ".join(groups[g])) for g in order]
+
+
+def _differing(record, shared):
+    """What a record holds beyond the shared provenance: lines, [] when nothing, None when not recorded."""
+    if not record:
+        return None
+    return provenance_lines({k: v for k, v in record.items() if k not in shared})
+
+
+# ---- links to the results' files --------------------------------------------------------------------
+
+def log_of(result):
+    """The rule log beside a result, as the workflow names it: linear/RUN/metrics.json ->
+    logs/linear/RUN.log, detect/B/TASK-BN/metrics.json -> logs/detect/B/TASK-BN.log."""
+    return f"logs/{Path(result).parent.as_posix()}.log"
+
+
+def result_files(cell):
+    """[(label, path relative to the results folder)] of the files behind one result."""
+    files = [("metrics", cell.result), ("log", log_of(cell.result))]
+    if cell.result.startswith("detect/"):  # the fine-tuning's mmdetection config, its backbone's conversion
+        folder, backbone = Path(cell.result).parent, Path(cell.result).parts[1]
+        files += [("detector config", f"{folder.as_posix()}/config.py"),
+                  ("conversion log", f"logs/convert/{backbone}/backbone-mmdet.pth.log")]
+    if cell.run:
+        run = f"pretrain/{cell.run}"
+        files += [("pretraining summary", f"{run}/summary.json"), ("pretraining metrics", f"{run}/metrics.jsonl"),
+                  ("pretraining config", f"{run}/config.yaml"), ("pretraining log", f"logs/{run}.log")]
+    return files
+
+
+def links(files, results, out):
+    """[{text, href}] of the files that exist, relative to the report folder OUT (URL-quoted: a results
+    folder's name may hold spaces)."""
+    return [{"text": label, "href": quote(Path(os.path.relpath(results.root / rel, out)).as_posix())}
+            for label, rel in files if (results.root / rel).is_file()]
+
+
+def _provenance_entry(cell, results, out):
+    """What produced one result file: its files, the evaluation's settings and record and, for a pretrained
+    backbone, the run's; provenance as flat records (see flat_provenance)."""
     metrics = results.read(cell.result)
     entry = {"id": anchor(cell.result), "result": cell.result, "run": cell.run,
+             "links": links(result_files(cell), results, out),
              "evaluation": {k: metrics.get(k) for k in ("task", "bn", "scale", "protocol", "epochs", "lr",
                                                       "batch_size", "image_size", "backbone", "data", "config",
                                                       "processes", "device", "wall_time_s") if k in metrics},
-             "provenance": metrics.get("provenance") or {}, "pretrain": None, "run_config": None}
+             "provenance": flat_provenance(metrics.get("provenance")), "pretrain": None, "run_config": None}
     if cell.run:
-        run_dir = results.root / "pretrain" / cell.run
-        summary = run_dir / "summary.json"
-        config = run_dir / "config.yaml"
-        entry["pretrain"] = json.loads(summary.read_text()) if summary.is_file() else None
+        config = results.root / "pretrain" / cell.run / "config.yaml"
+        entry["pretrain"] = results.read(f"pretrain/{cell.run}/summary.json")
         entry["run_config"] = config.read_text() if config.is_file() else None
+    entry["pretrain_provenance"] = flat_provenance((entry["pretrain"] or {}).get("provenance"))
     return entry
+
+
+def provenance_view(entries):
+    """(the shared provenance's lines, entries with what each differs in): shown once, then per result."""
+    shared = shared_provenance([r for e in entries for r in (e["provenance"], e["pretrain_provenance"])])
+    return provenance_lines(shared), [dict(e, provenance=_differing(e["provenance"], shared),
+                                           pretrain_provenance=_differing(e["pretrain_provenance"], shared))
+                                      for e in entries]
+
+
+# ---- figures ------------------------------------------------------------------------------------------
+
+def _save(fig, path):
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+FIGURE_WIDTH = 10  # inches, at 120 dpi: 1200 px, the HTML's widest
+
+
+def legend_columns(labels):
+    """As many legend columns as the longest label lets fit across the figure (at most 4): a long run
+    name takes ~0.075 in a character at the legend's 10 pt, plus its line's sample."""
+    longest = max(map(len, labels), default=0)
+    return max(1, min(len(labels), 4, int(FIGURE_WIDTH / (0.075 * longest + 0.7))))
+
+
+def _legend_below(fig, axes):
+    """One legend for all panels, below them: the panels share their lines' meanings, and a legend
+    inside would cover data."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncol=legend_columns(entries))
 
 
 def figure4(experiments, results, path):
     """Accuracy against epochs per method: with mixtures solid, without dotted (as the paper); the
-    paper's curves in grey, ours in colour."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for ax, (method, series) in zip(axes, experiments.figure4.items()):
-        for name, colour, style in (("ours", "C3", "-"), ("baseline", "C0", ":")):
-            points = series[name]
-            label = "with mixtures" if name == "ours" else "without"
-            paper = [(ep, c.paper) for ep, c in points if c.paper is not None]
-            if paper:
-                ax.plot(*zip(*paper), color="0.6", linestyle=style, marker="o", markersize=3,
-                        label=f"paper, {label}")
-            ours = [(ep, results.value(c)) for ep, c in points if results.made(c) and results.value(c) is not None]
-            smoke = any(c.smoke for _, c in points if results.made(c))
-            if ours:
-                ax.plot(*zip(*ours), color=colour, linestyle=style, marker="s",
-                        label=f"ours, {label}" + (" (smoke stand-in)" if smoke else ""))
-        ax.set_title(f"{'MoCo' if method == 'moco' else 'CMC'} on ImageNet-100")
-        ax.set_xlabel("pretraining epochs")
-        ax.set_ylabel("linear top-1 (%)")
-        ax.set_xticks([ep for ep, _ in series["ours"]])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Figure 4: accuracy against the training budget")
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    paper's curves in grey, ours in colour. No title inside: the report's heading is its title."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 5), dpi=120, layout="constrained")
+        for ax, (method, series) in zip(axes, experiments.figure4.items()):
+            for name, colour, style in (("ours", "C3", "-"), ("baseline", "C0", ":")):
+                points = series[name]
+                label = "with mixtures" if name == "ours" else "without"
+                paper = [(ep, c.paper) for ep, c in points if c.paper is not None]
+                if paper:
+                    ax.plot(*zip(*paper), color="0.6", linestyle=style, marker="o", markersize=4,
+                            label=f"paper, {label}")
+                ours = [(ep, results.value(c)) for ep, c in points if results.made(c) and results.value(c) is not None]
+                smoke = any(c.smoke for _, c in points if results.made(c))
+                if ours:
+                    ax.plot(*zip(*ours), color=colour, linestyle=style, marker="s",
+                            label=f"ours, {label}" + (" (smoke stand-in)" if smoke else ""))
+            ax.set_title(f"{'MoCo' if method == 'moco' else 'CMC'} on ImageNet-100")
+            ax.set_xlabel("pretraining epochs")
+            ax.set_ylabel("linear top-1 (%)")
+            ax.set_xticks([ep for ep, _ in series["ours"]])
+            ax.grid(alpha=0.3)
+        _legend_below(fig, axes)
+        _save(fig, path)
+
+
+def pretrain_curve(results, run):
+    """{epoch: (mean loss, mean contrastive top-1)} of a pretraining run's metrics.jsonl (a line per
+    logged step; epochs counted from 1)."""
+    by_epoch = {}
+    for record in results.lines(f"pretrain/{run}/metrics.jsonl"):
+        by_epoch.setdefault(record["epoch"] + 1, []).append(record)
+    return {ep: tuple(_mean(r.get(k) for r in rs) for k in ("loss", "acc1")) for ep, rs in by_epoch.items()}
+
+
+def linear_curve(results, run):
+    """{epoch: (mean training loss, val top-1)} of a linear probe's history."""
+    metrics = results.read(f"linear/{run}/metrics.json") or {}
+    return {h["epoch"]: (h.get("loss"), h.get("top1")) for h in metrics.get("history") or []}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# (curve kind, index in its epoch's values, y label, y scale): losses on a log scale, where a diverged
+# probe does not flatten the others
+CURVE_PANELS = (("pretraining", 0, "pretraining loss", "log"),
+                ("pretraining", 1, "contrastive top-1 (%)", "linear"),
+                ("linear", 0, "linear-probe training loss", "log"),
+                ("linear", 1, "linear-probe val top-1 (%)", "linear"))
+
+
+def curves_view(experiments, results):
+    """{"pretraining": {run: curve}, "linear": {run: curve}} of the preset's runs made so far."""
+    runs = list(experiments.pretrain_runs())
+    return {"pretraining": {r: c for r in runs if (c := pretrain_curve(results, r))},
+            "linear": {r: c for r in runs if (c := linear_curve(results, r))}}
+
+
+def curves_figure(curves, path):
+    """Small multiples, a panel per quantity, a colour and marker per run, one legend below (the figure
+    grows by its rows). With no run made yet the panels say so (the file is one of REPORT_FILES all the
+    same)."""
+    names = list(dict.fromkeys([*curves["pretraining"], *curves["linear"]]))
+    style = {n: (f"C{i % 10}", "os^Dvx"[i // 10 % 6]) for i, n in enumerate(names)}
+    legend_rows = -(-len(names) // legend_columns(names))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(2, 2, figsize=(FIGURE_WIDTH, 7 + 0.25 * legend_rows), dpi=120, layout="constrained")
+        for ax, (kind, index, ylabel, scale) in zip(axes.flat, CURVE_PANELS):
+            for run, curve in curves[kind].items():
+                points = [(ep, v[index]) for ep, v in sorted(curve.items()) if v[index] is not None]
+                if points:
+                    colour, marker = style[run]
+                    ax.plot(*zip(*points), color=colour, marker=marker, markersize=4,
+                            markevery=max(1, len(points) // 10), label=run)
+            if ax.lines:
+                ax.set_yscale(scale)
+            else:
+                ax.text(0.5, 0.5, "no run made yet", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            ax.set_xlabel(f"{kind} epoch")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        _legend_below(fig, axes.flat)
+        _save(fig, path)
 
 
 def _data_uri(path):
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def figure5_view(experiments, results):
-    """[{key, title, maxima, png}] of the Figure 5s this preset makes, in order; a figure whose
-    flatness.json or flatness.png is not there yet has maxima and png None (pending)."""
+def _copy(source, path):
+    """Copy a file atomically (a reader never sees half an image)."""
+    with atomic.atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def figure5_file(key):
+    """The name of a Figure 5's copy beside the report (workflow/rules/report.smk declares the same)."""
+    return f"figure5-{key}.png"
+
+
+def figure5_view(experiments, results, out):
+    """[{key, dataset, title, maxima, png, file, links}] of the Figure 5s this preset makes, in order; a
+    figure whose flatness.json or flatness.png is not there yet has maxima and png None (pending). The PNG
+    carries its title; the report heads it with its data set only, so the title is shown once."""
     figures = []
     for key, figure in experiments.flatness.items():
-        doc = results.read(f"flatness/{key}/flatness.json")
+        result = f"flatness/{key}/flatness.json"
+        doc = results.read(result)
         png = results.root / "flatness" / key / "flatness.png"
         made = doc is not None and png.is_file()
-        figures.append({"key": key, "title": figure.title, "png": png if made else None,
+        figures.append({"key": key, "dataset": DATASETS.get(figure.dataset, figure.dataset), "title": figure.title,
+                        "png": png if made else None, "file": figure5_file(key),
+                        "links": links([("flatness", result), ("log", log_of(result))], results, out),
                         "maxima": {name: m["max_probability"] for name, m in doc["models"].items()} if made else None})
     return figures
 
 
-def build_view(experiments, results, config_path):
+def build_view(experiments, results, config_path, out):
     tables, cells = [], []
     for table in experiments.tables.values():
         rows = []
         for label, row in table.rows:
             rows.append({"label": label, "cells": [cell_view(c, results) for c in row]})
             cells += [c for c in row if c is not None and results.made(c)]
-        tables.append({"key": table.key, "title": table.title, "columns": table.columns, "rows": rows})
+        tables.append({"key": table.key, "title": table.title, "columns": table.columns, "rows": rows,
+                       "terms": table_terms(rows)})
     cells += [c for series in experiments.figure4.values() for pts in series.values() for _, c in pts
               if results.made(c)]
     entries, seen = [], set()
     for cell in cells:
         if cell.result not in seen:
             seen.add(cell.result)
-            entries.append(_provenance_entry(cell, results))
+            entries.append(_provenance_entry(cell, results, out))
+    shared, entries = provenance_view(entries)
     return {
         "preset": experiments.preset,
         "smoke": experiments.preset == "smoke",
@@ -164,12 +394,14 @@ def build_view(experiments, results, config_path):
         "tables": tables,
         "made": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] in ("made", "smoke")),
         "pending": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] == "pending"),
-        "figure5": figure5_view(experiments, results),
+        "figure5": figure5_view(experiments, results, out),
+        "curves": curves_view(experiments, results),
+        "shared": shared,
         "entries": entries,
     }
 
 
-REPORT_FILES = ("report.md", "report.html", "figure4.png")
+REPORT_FILES = ("report.md", "report.html", "figure4.png", "curves.png")  # and a figure5_file per made Figure 5
 
 
 def folders(config_path, results_dir=None, out=None):
@@ -182,20 +414,25 @@ def folders(config_path, results_dir=None, out=None):
 
 
 def run(config_path, results_dir, out):
-    """Write OUT/report.md, OUT/report.html and OUT/figure4.png (REPORT_FILES); returns a summary."""
+    """Write REPORT_FILES and each made Figure 5's copy (figure5_file) into OUT; returns a summary."""
     config = load_config(config_path)
     experiments = Experiments(config)
     results = Results(results_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figure4(experiments, results, out / "figure4.png")
-    view = build_view(experiments, results, config_path)
-    # each made Figure 5: linked beside the report in Markdown, embedded in the HTML
-    linked = [dict(f, src=f["png"] and Path("..", "flatness", f["key"], "flatness.png").as_posix())
-              for f in view["figure5"]]
-    embedded = [dict(f, src=f["png"] and _data_uri(f["png"])) for f in view["figure5"]]
+    view = build_view(experiments, results, config_path, out)
+    curves_figure(view["curves"], out / "curves.png")
+    # each made Figure 5: copied beside report.md, embedded in the HTML
+    linked, embedded = [], []
+    for f in view["figure5"]:
+        if f["png"]:
+            _copy(f["png"], out / f["file"])
+        linked.append(dict(f, src=f["png"] and f["file"]))
+        embedded.append(dict(f, src=f["png"] and _data_uri(f["png"])))
     atomic.write_text(out / "report.md", TEMPLATES.get_template("report.md.j2").render(
-        **dict(view, figure5=linked), figure4="figure4.png"))
+        **dict(view, figure5=linked), figure4="figure4.png", curves_png="curves.png"))
     atomic.write_text(out / "report.html", TEMPLATES.get_template("report.html.j2").render(
-        **dict(view, figure5=embedded), figure4=_data_uri(out / "figure4.png")))
+        **dict(view, figure5=embedded), figure4=_data_uri(out / "figure4.png"),
+        curves_png=_data_uri(out / "curves.png")))
     return {"report": str(out / "report.html"), "cells_made": view["made"], "cells_pending": view["pending"]}

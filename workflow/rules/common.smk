@@ -14,8 +14,9 @@ import sys
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from flatmix.errors import FlatmixError
+from flatmix import launch
 from flatmix.experiments import Experiments
-from flatmix.runconfig import set_args
+from flatmix.launch import launcher
 
 RESULTS = f"{config['results']}/{config['preset']}"
 DATA = f"{config['results']}/data"
@@ -109,27 +110,9 @@ def pretrained(run):
 
 
 def run_shape(run):
-    """(GPUs per node, nodes) of a pretraining run: from config per data set; smoke runs take one GPU."""
-    if SMOKE:
-        return 1, 1
-    c = config["experiments"][EXPERIMENTS.dataset_of(run)]
-    return c["gpus"], c["nodes"]
-
-
-def launcher(gpus, nodes=1):
-    """`flatmix` (no GPU or one), or flatmix under torchrun with one process per GPU; on several nodes, one
-    torchrun per node started by srun, meeting at the job's first node.
-
-    The one shell fragment the rules splice unquoted, as its `$SLURM_*` and `$(scontrol ...)` are for the
-    job's shell: fixed text and two integers (GPUs, nodes; the schema checks both), no path or string
-    from config."""
-    if gpus * nodes <= 1:
-        return "flatmix"
-    if nodes == 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m flatmix"
-    return ("srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=$SLURM_JOB_NUM_NODES"
-            f" --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d"
-            ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29400 -m flatmix')
+    """(GPUs per node, nodes) of a pretraining run (flatmix.launch, shared with `flatmix plan --commands`,
+    as are `launcher` and the settings)."""
+    return launch.run_shape(EXPERIMENTS, run)
 
 
 # SLURM requests of this preset's kind (config `slurm.resources`: smoke, or paper for every other preset)
@@ -191,14 +174,15 @@ def linear_options():
         args += ["--lr", c["lr"]]
     if c["milestones"] is not None:
         args += ["--milestones", ",".join(str(m) for m in c["milestones"])]
+    if c["feature_norm"]:
+        args += ["--feature-norm"]
     return args
 
 
 def pretrain_settings(run, data):
-    """A run's spec and its data root as `--set key=value` arguments (values in JSON, so that no path reads
-    as other YAML), in a list for the rule to quote one by one."""
-    spec = PRETRAIN_RUNS[run]
-    return set_args({**spec, "data": {**spec.get("data", {}), "root": str(data)}})
+    """A run's spec and its data root as `--set key=value` arguments, in a list for the rule to quote one
+    by one."""
+    return launch.pretrain_settings(PRETRAIN_RUNS[run], data)
 
 
 def flatness_backbones(figure):

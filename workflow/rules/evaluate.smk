@@ -58,11 +58,12 @@ rule flatness:
         title=lambda wildcards: EXPERIMENTS.flatness[wildcards.figure].title,
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output.png).parent,
-        image_size=(config["smoke"]["flatness"] if SMOKE else config["flatness"])["image_size"],
+        settings=config["smoke"]["flatness"] if SMOKE else config["flatness"],
     resources:
         **job_resources("flatness"),
     log:
         results("logs/flatness/{figure}.log"),
     shell:
         "flatmix flatness {params.backbones:q} --data {params.data:q} --out {params.out:q}"
-        " --image-size {params.image_size:q} --title {params.title:q} 2> {log:q}"
+        " --image-size {params.settings[image_size]:q} --workers {params.settings[workers]:q}"
+        " --title {params.title:q} 2> {log:q}"

@@ -1,6 +1,7 @@
-# The report: every table of the paper with our numbers beside the paper's, Figures 4 and 5, and the
-# provenance of each number. The workflow's effective config goes beside it (and tells the report which
-# runs fill which cells).
+# The report: every table of the paper with our numbers beside the paper's, Figures 4 and 5, the
+# training curves, and the provenance of each number. The workflow's effective config goes beside it (and
+# tells the report which runs fill which cells), and so does each Figure 5 (named as
+# flatmix.report.figure5_file names it): the report folder reads the same wherever it is copied.
 
 
 rule report:
@@ -13,6 +14,8 @@ rule report:
         markdown=report(results("report/report.md"), caption="../report/report.rst", category="Report"),
         html=report(results("report/report.html"), caption="../report/report.rst", category="Report"),
         figure4=report(results("report/figure4.png"), caption="../report/figure4.rst", category="Figures"),
+        curves=report(results("report/curves.png"), caption="../report/curves.rst", category="Figures"),
+        figure5=[results(f"report/figure5-{figure}.png") for figure in EXPERIMENTS.flatness],
     params:
         config=json.dumps(config, sort_keys=True),
         results=lambda wildcards, output: Path(output.markdown).parent.parent,

@@ -18,11 +18,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from flatmix import atomic, paths
 from flatmix.data.classes import COCO_CATEGORIES, IMAGENET100, IMAGENET_OTHER, VOC_CLASSES
 from flatmix.errors import FlatmixError
+from flatmix.progress import Progress
 
 # Stream ids that keep the generators of different parts independent of each other.
 _CLASS_STYLE, _IMAGENET, _VOC, _COCO = 1, 2, 3, 4
@@ -93,13 +93,13 @@ def write_imagenet(out, seed, size, train_per_class, val_per_class):
     root = Path(out) / "imagenet"
     val_counter = 0
     total = len(wnids) * (train_per_class + val_per_class)
-    with tqdm(total=total, desc="synth imagenet", unit="img", leave=False) as bar:
+    with Progress("synth imagenet", total, unit="img") as progress:
         for c, wnid in enumerate(wnids):
             style = _class_style(seed, c)
             for split, count in (("train", train_per_class), ("val", val_per_class)):
                 folder = root / split / wnid
                 folder.mkdir(parents=True, exist_ok=True)
-                for i in range(count):
+                for i in progress.batches(range(count)):
                     r = _rng(seed, _IMAGENET, c, split == "val", i)
                     image = _classification_image(style, r, size)
                     if split == "train":
@@ -108,7 +108,7 @@ def write_imagenet(out, seed, size, train_per_class, val_per_class):
                         val_counter += 1
                         name = f"ILSVRC2012_val_{val_counter:08d}.JPEG"
                     _save_jpeg(image, folder / name)
-                    bar.update()
+                    progress.show_count("image")
     _write_imagenet_odd_files(root, seed, size)
     return {"classes": len(wnids), "train_per_class": train_per_class, "val_per_class": val_per_class}
 
@@ -220,13 +220,13 @@ def write_voc(out, seed, size, images):
     styles = [_category_style(k) for k in range(len(VOC_CLASSES))]
     splits = (("VOC2007", "trainval", "{:06d}", 1), ("VOC2007", "test", "{:06d}", 1 + images),
               ("VOC2012", "trainval", "2012_{:06d}", 1))
-    with tqdm(total=3 * images, desc="synth voc", unit="img", leave=False) as bar:
+    with Progress("synth voc", 3 * images, unit="img") as progress:
         for s, (year, split, pattern, first) in enumerate(splits):
             base = Path(out) / "VOCdevkit" / year
             for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
                 (base / sub).mkdir(parents=True, exist_ok=True)
             ids = []
-            for i in range(images):
+            for i in progress.batches(range(images)):
                 r = _rng(seed, _VOC, s, i)
                 image_id = pattern.format(first + i)
                 width, height = _image_size(r, size)
@@ -238,7 +238,7 @@ def write_voc(out, seed, size, images):
                 (base / "Annotations" / f"{image_id}.xml").write_text(
                     _voc_xml(year, image_id, width, height, objects, difficult))
                 ids.append(image_id)
-                bar.update()
+                progress.show_count("image")
             main = base / "ImageSets" / "Main"
             (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
             if split == "trainval":  # the devkit's train/val halves of trainval
@@ -254,11 +254,11 @@ def write_coco(out, seed, size, images):
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": i, "name": n, "supercategory": s} for i, n, s in COCO_CATEGORIES]
     image_id, ann_id = 0, 0
-    with tqdm(total=2 * images, desc="synth coco", unit="img", leave=False) as bar:
+    with Progress("synth coco", 2 * images, unit="img") as progress:
         for s, split in enumerate(("train2017", "val2017")):
             (root / split).mkdir(parents=True, exist_ok=True)
             entries, annotations = [], []
-            for i in range(images):
+            for i in progress.batches(range(images)):
                 r = _rng(seed, _COCO, s, i)
                 image_id += 1
                 width, height = _image_size(r, size)
@@ -277,7 +277,7 @@ def write_coco(out, seed, size, images):
                                         "category_id": COCO_CATEGORIES[k][0], "segmentation": [flat],
                                         "area": float(mask_utils.area(rle)), "bbox": [x, y, w, h],
                                         "iscrowd": 0})
-                bar.update()
+                progress.show_count("image")
             doc = {"info": {"description": "flatmix synthetic COCO 2017", "version": "1.0", "year": 2026},
                    "licenses": [{"id": 1, "name": "CC0", "url": ""}],
                    "images": entries, "annotations": annotations, "categories": categories}
