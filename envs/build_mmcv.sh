@@ -5,7 +5,8 @@
 #   - setup.py imports pkg_resources, gone from setuptools >= 70 while torch 2.14 needs >= 77: the build
 #     alone sees an older setuptools, from a side folder put first on PYTHONPATH (--no-build-isolation).
 # Usage: build_mmcv.sh PYTHON CACHE_DIR   (PYTHON: an interpreter that already has torch installed)
-# Environment: FORCE_CUDA=1 and TORCH_CUDA_ARCH_LIST select a CUDA build (the container does this).
+# Environment: FORCE_CUDA=1 and TORCH_CUDA_ARCH_LIST select a CUDA build (the container does this). Its
+# compiler: CUDA_HOME's or PATH's nvcc where a CUDA toolkit is installed, else PyPI's (envs/cuda-compiler.txt).
 set -euo pipefail
 python=$1
 cache=$2
@@ -21,6 +22,29 @@ tar -xzf "$work/mmcv-$version.tar.gz" -C "$work"
 src="$work/mmcv-$version"
 sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/setup.py"
 grep -q 'std=c++20' "$src/setup.py" || { echo "build_mmcv: no -std flag to patch in $src/setup.py" >&2; exit 1; }
+
+# A CUDA_HOME from PyPI: the compiler wheels, with the headers and libraries of the torch wheels' own CUDA
+# (nvidia/cu13) linked in beside them, unversioned .so names and lib64 as CUDA's installers make them.
+pypi_cuda_home() {
+  "$python" -m pip install --quiet --no-deps --target "$work/cuda" -r "$(dirname "$0")/cuda-compiler.txt"
+  local home=$work/cuda/nvidia/cu13 torch_cuda
+  torch_cuda=$("$python" -c 'import pathlib, torch; print(pathlib.Path(torch.__file__).parents[1] / "nvidia" / "cu13")')
+  [ -d "$torch_cuda/include" ] && [ -d "$torch_cuda/lib" ] \
+    || { echo "build_mmcv: no CUDA headers and libraries from the torch wheels in $torch_cuda" >&2; exit 1; }
+  cp -rsn "$torch_cuda/include/." "$home/include/"
+  mkdir -p "$home/lib"
+  cp -rsn "$torch_cuda/lib/." "$home/lib/"
+  for so in "$home"/lib/lib*.so.*; do
+    [ -e "${so%%.so.*}.so" ] || ln -s "$(basename "$so")" "${so%%.so.*}.so"
+  done
+  ln -sfn lib "$home/lib64"
+  echo "$home"
+}
+if [ "${FORCE_CUDA:-0}" = 1 ] && [ ! -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ] && ! command -v nvcc >/dev/null; then
+  CUDA_HOME=$(pypi_cuda_home)
+  export CUDA_HOME PATH=$CUDA_HOME/bin:$PATH
+  echo "build_mmcv: no CUDA toolkit here; nvcc from PyPI: $(nvcc --version | tail -n1)" >&2
+fi
 
 build_setuptools=$(sed -n 's/^# build-setuptools: //p' "$(dirname "$0")/mmcv.txt")
 "$python" -m pip install --quiet --target "$work/build-setuptools" "setuptools==$build_setuptools"

@@ -12,7 +12,7 @@ cache_root=${FLATMIX_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flatmix/wheels
 python=${PYTHON:-python3.11}
 
 stamp_of() {
-  cat "$root/envs/requirements.txt" "$root/envs/mmcv.txt" "$root/envs/install.sh" \
+  cat "$root/envs/requirements.txt" "$root/envs/mmcv.txt" "$root/envs/cuda-compiler.txt" "$root/envs/install.sh" \
       "$root/envs/build_mmcv.sh" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1
   echo "FORCE_CUDA=${FORCE_CUDA:-0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
 }

@@ -198,8 +198,8 @@ def _provenance_entry(cell, results, out):
     entry = {"id": anchor(cell.result), "result": cell.result, "run": cell.run,
              "links": links(result_files(cell), results, out),
              "evaluation": {k: metrics.get(k) for k in ("task", "bn", "scale", "protocol", "epochs", "lr",
-                                                      "batch_size", "image_size", "backbone", "data", "config",
-                                                      "processes", "device", "wall_time_s") if k in metrics},
+                                                      "batch_size", "image_size", "feature_norm", "backbone", "data",
+                                                      "config", "processes", "device", "wall_time_s") if k in metrics},
              "provenance": flat_provenance(metrics.get("provenance")), "pretrain": None, "run_config": None}
     if cell.run:
         config = results.root / "pretrain" / cell.run / "config.yaml"
