@@ -268,9 +268,10 @@ def build_parser():
     p.add_argument("--config", action="append", metavar="FILE",
                    help="the workflow config; repeat to layer files as Snakemake's --configfile does "
                         "(default: config.yaml)")
-    p.add_argument("--commands", action="store_true", help="print instead each pretraining run's command as the workflow runs it (launcher, "
-                        "settings, prepared data and output folder, relative to the folder Snakemake runs in), "
-                        "with a comment naming the parts of the paper that need it")
+    p.add_argument("--commands", action="store_true",
+                   help="print instead each pretraining run's command as the workflow runs it (launcher, settings, "
+                        "prepared data and output folder, relative to the folder Snakemake runs in), with a comment "
+                        "naming the parts of the paper that need it")
     for flag, help_text in (("--moco-pairs-per-s", "MoCo pretraining pairs/s per GPU"),
                             ("--cmc-pairs-per-s", "CMC pretraining pairs/s per GPU"),
                             ("--probe-images-per-s", "linear probe images/s per GPU"),
