@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# The image's build steps, shared by containers/Dockerfile and containers/flatmix.def: Python 3.11 and the
-# libraries OpenCV needs from the OS, then envs/ by the same envs/install.sh as the local set-up, with
-# mmcv's ops compiled for the CUDA architectures in TORCH_CUDA_ARCH_LIST. Runs as root in the image, on
-# the repository copied to /opt/flatmix.
+# The image's build steps, shared by containers/Dockerfile and containers/flatmix.def, in two layers:
+#   build.sh environment  Debian's own Python 3.11, a C++ compiler (mmcv's ops) and the libraries OpenCV loads,
+#                         then envs/ by the same envs/install.sh as the local set-up (the slow layer, which a
+#                         build reuses while envs/ is unchanged);
+#   build.sh package      this package, into that environment.
+# Runs as root in the image, on the repository copied to /opt/flatmix. Environment:
+#   FORCE_CUDA=1 (default) with TORCH_CUDA_ARCH_LIST compiles mmcv's ops for those GPUs, with nvcc from PyPI
+#   (envs/cuda-compiler.txt) as the Debian base has no CUDA toolkit; FORCE_CUDA=0 makes a CPU image.
+#   BUILD_CACHE: a folder mounted into the build (pip's cache and the mmcv wheel cache, as pip/ and wheels/),
+#   kept after the build; empty, the caches go to a temporary folder removed with the build.
 set -euo pipefail
-: "${TORCH_CUDA_ARCH_LIST:?set the CUDA architectures, e.g. 7.5 8.0 8.6 8.9 9.0+PTX}"
+part=${1:?say environment or package}
+export FLATMIX_VENV=/opt/flatmix/venv PYTHON=python3.11 FORCE_CUDA=${FORCE_CUDA:-1} FLATMIX_INSTALL=$part
+cd /opt/flatmix
+if [ "$part" = package ]; then
+  exec bash envs/install.sh
+fi
+if [ "$FORCE_CUDA" = 1 ]; then
+  : "${TORCH_CUDA_ARCH_LIST:?set the CUDA architectures, e.g. 7.5 8.0 8.6 8.9 9.0+PTX}"
+fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-apt-get install -y --no-install-recommends software-properties-common gpg-agent
-add-apt-repository -y ppa:deadsnakes/ppa  # Ubuntu 24.04 ships Python 3.12; the pinned set is for 3.11
-apt-get update
-apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev libgl1 libglib2.0-0
+apt-get install -y --no-install-recommends ca-certificates python3.11 python3.11-venv python3.11-dev g++ \
+  libgl1 libglib2.0-0
 rm -rf /var/lib/apt/lists/*
 
-cd /opt/flatmix
-FLATMIX_VENV=/opt/flatmix/venv FLATMIX_WHEEL_CACHE=/tmp/flatmix-wheels PYTHON=python3.11 FORCE_CUDA=1 \
-  TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" bash envs/install.sh
-rm -rf /tmp/flatmix-wheels /root/.cache/pip
+if [ -n "${BUILD_CACHE:-}" ]; then
+  cache=$BUILD_CACHE
+else
+  cache=$(mktemp -d)
+  trap 'rm -rf "$cache"' EXIT
+fi
+PIP_CACHE_DIR=$cache/pip FLATMIX_WHEEL_CACHE=$cache/wheels bash envs/install.sh

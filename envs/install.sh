@@ -4,6 +4,8 @@
 #   FLATMIX_VENV        where the environment goes (default: .venv at the repository root)
 #   FLATMIX_WHEEL_CACHE where the built mmcv wheel is kept between installs (default: ~/.cache/flatmix/wheels)
 #   PYTHON              the interpreter to build the environment from (default: python3.11)
+#   FLATMIX_INSTALL     all (default); or environment (envs/ only) then package (this package alone), the
+#                       image's two layers, so that a change to the package leaves envs/'s layer cached
 # A second run with unchanged envs/ and pyproject.toml returns at once.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,33 +18,39 @@ stamp_of() {
       "$root/envs/build_mmcv.sh" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1
   echo "FORCE_CUDA=${FORCE_CUDA:-0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
 }
-stamp=$(stamp_of)
-if [ -f "$venv/.flatmix-env" ] && [ "$(cat "$venv/.flatmix-env")" = "$stamp" ]; then
+part=${FLATMIX_INSTALL:-all}
+case "$part" in all|environment|package) ;; *) echo "install: FLATMIX_INSTALL=$part: not all, environment or package" >&2; exit 2 ;; esac
+if [ "$part" = all ] && [ -f "$venv/.flatmix-env" ] && [ "$(cat "$venv/.flatmix-env")" = "$(stamp_of)" ]; then
   echo "install: environment $venv is up to date" >&2
   exit 0
 fi
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 vpy=$venv/bin/python
-"$vpy" -m pip install --quiet -r "$root/envs/requirements.txt"
 
-# The mmcv wheel depends on the mmcv, torch and Python versions and on the CUDA flavour: key the cache on all.
-torch_version=$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])')
-py_tag=$("$vpy" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-mmcv_version=$(sed -n 's/^mmcv==//p' "$root/envs/mmcv.txt")
-if [ "${FORCE_CUDA:-0}" = 1 ]; then
-  flavour="cuda$("$vpy" -c 'import torch; print(torch.version.cuda)')-$(echo "${TORCH_CUDA_ARCH_LIST:-default}" | tr ' ;+.' '____')"
-else
-  flavour=cpu
-fi
-cache=$cache_root/mmcv-$mmcv_version-torch$torch_version-$py_tag-$flavour
-if ! ls "$cache"/mmcv-*.whl >/dev/null 2>&1; then
-  bash "$root/envs/build_mmcv.sh" "$vpy" "$cache"
-fi
-"$vpy" -m pip install --quiet --no-deps "$cache"/mmcv-*.whl
+environment() {
+  "$vpy" -m pip install --quiet -r "$root/envs/requirements.txt"
+  # The mmcv wheel depends on the mmcv, torch and Python versions and on the CUDA flavour: key the cache on all.
+  local torch_version py_tag mmcv_version flavour cache
+  torch_version=$("$vpy" -c 'import torch; print(torch.__version__.split("+")[0])')
+  py_tag=$("$vpy" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  mmcv_version=$(sed -n 's/^mmcv==//p' "$root/envs/mmcv.txt")
+  if [ "${FORCE_CUDA:-0}" = 1 ]; then
+    flavour="cuda$("$vpy" -c 'import torch; print(torch.version.cuda)')-$(echo "${TORCH_CUDA_ARCH_LIST:-default}" | tr ' ;+.' '____')"
+  else
+    flavour=cpu
+  fi
+  cache=$cache_root/mmcv-$mmcv_version-torch$torch_version-$py_tag-$flavour
+  if ! ls "$cache"/mmcv-*.whl >/dev/null 2>&1; then
+    bash "$root/envs/build_mmcv.sh" "$vpy" "$cache"
+  fi
+  "$vpy" -m pip install --quiet --no-deps "$cache"/mmcv-*.whl
+}
+[ "$part" = package ] || environment
+[ "$part" = environment ] && { echo "install: envs/ installed in $venv (the package is not)" >&2; exit 0; }
 "$vpy" -m pip install --quiet --no-deps --no-build-isolation -e "$root"
 
 "$vpy" -c 'import mmdet, mmcv.ops, torch, torchvision, snakemake' \
   || { echo "install: the environment in $venv does not import (see above)" >&2; exit 1; }
-echo "$stamp" > "$venv/.flatmix-env"
+stamp_of > "$venv/.flatmix-env"
 echo "install: environment ready in $venv" >&2

@@ -33,3 +33,15 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory):
+    """(Podman, tag) of the flatmix image built here from containers/Dockerfile (tests/container_engine.py);
+    the test skips, saying why, where podman cannot build or run it."""
+    from container_engine import EngineUnavailable, Podman
+    engine = Podman(tmp_path_factory.mktemp("podman"))
+    try:
+        return engine.start(), engine.flatmix_image()
+    except EngineUnavailable as e:
+        pytest.skip(f"podman cannot build or run the flatmix image here: {e}")

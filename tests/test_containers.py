@@ -1,36 +1,42 @@
-"""What can be checked of the containers without a container engine: the recipes are pinned and install
-exactly envs/ by envs/install.sh, every rule runs in config's image under --sdm apptainer with --nv and
-the data roots bound, and results record the image."""
+"""The containers: the recipes are pinned to Debian and PyPI alone and install exactly envs/ by envs/install.sh;
+the image built from containers/Dockerfile here (tests/container_engine.py) runs each rule under --sdm
+apptainer with --nv and the data roots bound; results record the image."""
 
-import os
+import json
 from pathlib import Path
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
+import pytest
 import yaml
 
 from conftest import REPO
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-BASE = re.compile(r"^nvidia/cuda:\d+\.\d+\.\d+-devel-ubuntu\d+\.\d+(@sha256:[0-9a-f]{64})?$")
+BASE = re.compile(r"^debian:bookworm-\d{8}(-slim)?(@sha256:[0-9a-f]{64})?$")
 
 
-def test_recipes_pin_the_base_and_install_exactly_envs():
+def test_recipes_pin_a_debian_base_and_install_exactly_envs():
     dockerfile = (REPO / "containers" / "Dockerfile").read_text()
     definition = (REPO / "containers" / "flatmix.def").read_text()
     build = (REPO / "containers" / "build.sh").read_text()
     docker_base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M).group(1)
     def_base = re.search(r"^\s+BASE_IMAGE=(\S+)$", definition, re.M).group(1)
-    assert BASE.match(docker_base) and def_base == docker_base  # an exact tag, no 'latest', the same in both
+    assert BASE.match(docker_base) and def_base == docker_base  # a dated Debian tag, the same in both
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M) and "From: {{ BASE_IMAGE }}" in definition
     for recipe in (dockerfile, definition):
-        assert "bash /opt/flatmix/containers/build.sh" in recipe
+        # the environment layer, then the package's, both by the shared steps; GPUs as build arguments
+        assert recipe.index("build.sh environment") < recipe.index("build.sh package")
         assert "pip install" not in recipe and "/opt/flatmix/envs" in recipe
-    # the shared steps: OS packages only, then the same install script as the local set-up, with CUDA ops
-    assert "bash envs/install.sh" in build and "FORCE_CUDA=1" in build and "pip install" not in build
-    assert "TORCH_CUDA_ARCH_LIST" in dockerfile and "TORCH_CUDA_ARCH_LIST" in definition
+        assert "FORCE_CUDA" in recipe and "TORCH_CUDA_ARCH_LIST" in recipe
+        assert "NVIDIA_VISIBLE_DEVICES=all" in recipe and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in recipe
+        assert "nvidia/cuda" not in recipe
+    # the shared steps: Debian's packages and Python only (no PPA), then the same install script as locally
+    assert "bash envs/install.sh" in build and "pip install" not in build
+    assert "ppa" not in build.lower() and "add-apt-repository" not in build and "python3.11-venv" in build
 
 
 def test_slurm_profiles():
@@ -42,40 +48,52 @@ def test_slurm_profiles():
     assert apptainer["software-deployment-method"] == "apptainer" and "--nv" in apptainer["apptainer-args"].split()
 
 
-def test_every_rule_runs_in_the_configured_image(tmp_path):
-    """--sdm apptainer with a stand-in apptainer: each rule's command goes through `apptainer exec` with the
-    configured image, --nv and the data roots bound, and finds the image's flatmix, not this checkout's."""
+@pytest.mark.container
+def test_rules_run_in_the_image_with_the_data_roots_bound(image, tmp_path):
+    """--sdm apptainer with `apptainer` on podman: the rule's command runs in the image built from
+    containers/Dockerfile, with --nv and the data root bound; the root is outside /tmp (which apptainer binds
+    whole), so reading it works only through its bind; the image's flatmix and Python made the result."""
+    engine, tag = image
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    shutil.copy(REPO / "tests" / "fake_apptainer", fake_bin / "apptainer")
-    image = tmp_path / "flatmix.sif"
-    image.touch()
-    imagenet = tmp_path / "imagenet"
-    subprocess.run([str(Path(sys.executable).parent / "flatmix"), "synth", "--out", str(tmp_path / "synth"),
-                    "--size", "16", "--train-per-class", "1", "--val-per-class", "1", "--voc-images", "2",
-                    "--coco-images", "2"], check=True, capture_output=True)
-    (tmp_path / "synth" / "imagenet").rename(imagenet)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"container": {"image": str(image)},
-                                      "data": {"imagenet": str(imagenet), "voc": None, "coco": None,
-                                               "class_list": None}}))
-    log = tmp_path / "apptainer.log"
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "FAKE_APPTAINER_LOG": str(log),
-           "FAKE_IMAGE_PATH": str(Path(sys.executable).parent)}
-    profile_args = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm-apptainer" / "config.yaml").read_text())
-    result = subprocess.run(
-        [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-c1", "--sdm", "apptainer",
-         f"--apptainer-args={profile_args['apptainer-args']}", "results/data/prepared/imagenet100/manifest.json",
-         "results/data/synth-prepared/voc/manifest.json", "--configfile", str(config)],
-        capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    calls = [line.split() for line in log.read_text().splitlines() if line.startswith("exec")]
-    assert len(calls) == 3  # synth, prepare_imagenet, prepare_detection
-    for call in calls:
-        assert str(image) in call and "--nv" in call
-        assert call[call.index("--bind", call.index("--nv")) + 1] == str(imagenet)
-        command = " ".join(call[call.index(str(image)) + 1:])
-        assert str(REPO / ".venv") not in command  # the image's own flatmix, not the checkout's
+    env = engine.apptainer(fake_bin, tag)
+    sif = tmp_path / "flatmix.sif"
+    sif.touch()
+    data = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="flatmix-data-"))
+    try:
+        subprocess.run([str(Path(sys.executable).parent / "flatmix"), "synth", "--out", str(data), "--size", "16",
+                        "--train-per-class", "1", "--val-per-class", "1", "--voc-images", "2",
+                        "--coco-images", "2"], check=True, capture_output=True)
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"container": {"image": str(sif)},
+                                          "data": {"imagenet": str(data / "imagenet"), "voc": None, "coco": None,
+                                                   "class_list": None}}))
+        profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm-apptainer" / "config.yaml").read_text())
+        target = "results/data/prepared/imagenet100/manifest.json"
+        result = subprocess.run(
+            [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-c1", "--sdm", "apptainer",
+             f"--apptainer-args={profile['apptainer-args']}", target, "--configfile", str(config)],
+            capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        shutil.rmtree(data)
+    calls = [line.split() for line in (fake_bin / "apptainer.log").read_text().splitlines()
+             if line.startswith("exec")]
+    assert len(calls) == 1  # prepare_imagenet
+    assert str(sif) in calls[0] and "--nv" in calls[0]
+    assert calls[0][calls[0].index("--bind", calls[0].index("--nv")) + 1] == str(data / "imagenet")
+    manifest = json.loads((tmp_path / target).read_text())
+    assert manifest["classes"] == 100 and manifest["train_images"] >= 100
+    assert_made_in_the_image(manifest["provenance"], engine, tag, sif)
+
+
+def assert_made_in_the_image(record, engine, tag, sif):
+    """A result's provenance says it was made in `tag` (run as the image file `sif`), by the image's own
+    Python and flatmix: the commit the image was built from, not this checkout's."""
+    image_python = engine.podman("run", "--rm", tag, "python", "-c",
+                                 "import platform; print(platform.python_version())").strip()
+    assert record["container_image"] == str(sif)
+    assert record["python"] == image_python and record["git_commit"] == f"test-{tag.split(':')[-1]}"
 
 
 def test_results_record_the_image(monkeypatch):

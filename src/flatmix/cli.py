@@ -29,15 +29,16 @@ def _prepare(args):
         manifest = prepare(args.imagenet_root, args.out, getattr(args, "class_list", None),
                            every_class=args.dataset == "imagenet1k")
     else:
+        from flatmix import provenance
         if args.dataset == "voc":
             from flatmix.data.voc import check
         else:
             from flatmix.data.coco import check
         paths.output_folder("--out", args.out)
         paths.refuse_overlap({"--out": args.out}, {"--root": args.root})
-        manifest = check(args.root)
+        manifest = {**check(args.root), "provenance": provenance.collect()}
         atomic.write_json(f"{args.out}/manifest.json", manifest)
-    summary = {k: v for k, v in manifest.items() if k != "per_class"}
+    summary = {k: v for k, v in manifest.items() if k not in ("per_class", "provenance")}
     print(json.dumps(summary))
 
 

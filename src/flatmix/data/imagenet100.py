@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 import sys
 
-from flatmix import atomic, paths
+from flatmix import atomic, paths, provenance
 from flatmix.data.classes import WNID, read_class_list
 from flatmix.errors import FlatmixError
 
@@ -171,6 +171,7 @@ def prepare(imagenet_root, out, class_list=None, every_class=False):
         "source": str(source),
         "val_layout": val_layout,
         "unreadable": [{"path": str(path), "reason": reason} for path, reason in unreadable],
+        "provenance": provenance.collect(),
     }
     atomic.write_json(out / "manifest.json", manifest)
     return manifest
