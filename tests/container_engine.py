@@ -20,7 +20,7 @@ import sys
 
 from conftest import REPO
 
-PACKAGES = ("podman", "runc", "debootstrap", "catatonit")
+PACKAGES = ("podman", "runc", "debootstrap")
 CONTAINERS_CONF = """\
 # written by flatmix's tests (tests/container_engine.py)
 [containers]
@@ -173,9 +173,9 @@ class Podman:
                     "--build-arg", f"IMAGE_NAME={tag}", "--build-arg", f"GIT_COMMIT=test-{build_hash()}",
                     "--label", LABEL, *[arg for v in volumes for arg in ("-v", v)], str(REPO), timeout=3600)
         old = self.podman("images", "--filter", f"label={LABEL}", "--format", "{{.Repository}}:{{.Tag}}").split()
-        for image in old:
+        for image in old:  # one still in use by a container stays
             if image.startswith(f"{IMAGES}:") and image != tag:
-                self.podman("rmi", image)
+                subprocess.run(["podman", "rmi", image], capture_output=True, env=self.env)
         return tag
 
     def apptainer(self, folder, tag):

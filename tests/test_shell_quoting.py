@@ -3,13 +3,13 @@ quotes, `$(...)`, `;` and backticks run through real rules, and every rule's com
 never runs what they hold."""
 
 import json
-import os
 from pathlib import Path
 import shlex
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -97,14 +97,14 @@ def test_hostile_paths_run_as_plain_arguments(tmp_path, synth_root):
     assert list(tmp_path.rglob("PWNED")) == [] and not (REPO / "PWNED").exists()
 
 
-def test_container_binds_hostile_data_root(tmp_path, synth_root):
-    """Under --sdm apptainer (tests/fake_apptainer as apptainer), a hostile data root is bound into the
-    container as one argument and read by the rule there."""
+@pytest.mark.container
+def test_container_binds_hostile_data_root(image, tmp_path, synth_root):
+    """Under --sdm apptainer (tests/apptainer_on_podman, in the image built here), a hostile data root is
+    bound into the container as one argument and read by the rule there."""
+    engine, tag = image
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    shutil.copy(REPO / "tests" / "fake_apptainer", fake_bin / "apptainer")
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "FAKE_APPTAINER_LOG": str(tmp_path / "log"),
-           "FAKE_IMAGE_PATH": str(Path(sys.executable).parent)}
+    env = engine.apptainer(fake_bin, tag)
     shutil.copytree(synth_root / "imagenet", tmp_path / HOSTILE / "imagenet")
     (tmp_path / "flatmix.sif").touch()
     config = _config_with(tmp_path, **{"results": RESULTS, "container.image": str(tmp_path / "flatmix.sif"),
@@ -115,7 +115,7 @@ def test_container_binds_hostile_data_root(tmp_path, synth_root):
          "-c1", "--sdm", "apptainer", "--apptainer-args=--nv", target, "--configfile", str(config)],
         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / target).is_file() and (tmp_path / "log").read_text().count("exec ") == 1
+    assert (tmp_path / target).is_file() and (fake_bin / "apptainer.log").read_text().count("exec ") == 1
     assert list(tmp_path.rglob("PWNED")) == []
 
 

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 import random
 import signal
+import sys
 import time
 
 import jsonschema
@@ -259,6 +260,8 @@ def _train(cfg, out, env, force):
         optimizer.load_state_dict(state["optimizer"])
         epoch, start_step, loss_value = state["epoch"], state["step"], state.get("loss")
         earlier_s = state.get("wall_time_s", 0.0)  # time spent before pre-emptions
+        if env.main:
+            print(f"pretrain: continuing from {last} at epoch {epoch + 1} step {start_step}", file=sys.stderr)
         if len(state["rng"]) == env.world:
             _set_rng_state(state["rng"][env.rank], mixer)
         elif env.main:
@@ -303,6 +306,9 @@ def _train(cfg, out, env, force):
             if env.any(stop.raised) and step + 1 < steps:
                 save_last(epoch, step + 1)
                 progress.close()
+                if env.main:
+                    print(f"pretrain: stopped by a signal; {last} holds epoch {epoch + 1} step {step + 1}",
+                          file=sys.stderr)
                 raise SystemExit(PREEMPTED_EXIT)
         epoch, start_step = epoch + 1, 0
         stopping = env.any(stop.raised)
@@ -310,6 +316,8 @@ def _train(cfg, out, env, force):
             save_last(epoch, 0)
             if stopping and epoch < t["epochs"]:
                 progress.close()
+                if env.main:
+                    print(f"pretrain: stopped by a signal; {last} holds epoch {epoch} done", file=sys.stderr)
                 raise SystemExit(PREEMPTED_EXIT)
     progress.close()
     result = {"epochs": t["epochs"], "final_loss": loss_value, "processes": env.world, "device": str(env.device),
