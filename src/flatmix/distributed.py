@@ -10,6 +10,12 @@ from torch.nn.parallel import DistributedDataParallel
 from flatmix.errors import FlatmixError
 
 
+def launched_processes():
+    """How many processes torchrun started for this run (1 without torchrun), read before any process
+    group exists: mmengine's Runner, which detection uses, sets its own up."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
 def is_distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -33,7 +39,7 @@ class Distributed:
             raise FlatmixError(f"device must be cuda or cpu, got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
             raise FlatmixError("device cuda: no CUDA device is available here")
-        self.enabled = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.enabled = launched_processes() > 1
         cuda = torch.cuda.is_available() if device is None else device == "cuda"
         if self.enabled:
             local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -253,20 +253,8 @@ def _train(cfg, out, env, force):
     torch.manual_seed(cfg["seed"] + env.rank)  # then each rank its own stream (shuffles, negatives)
     np.random.seed(cfg["seed"] + env.rank)
     random.seed(cfg["seed"] + env.rank)
-    epoch, start_step, earlier_s, loss_value = 0, 0, 0.0, None
+    epoch, start_step, loss_value, earlier_s = _resume(state, last, model, optimizer, mixer, env)
     started = time.time()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, start_step, loss_value = state["epoch"], state["step"], state.get("loss")
-        earlier_s = state.get("wall_time_s", 0.0)  # time spent before pre-emptions
-        if env.main:
-            print(f"pretrain: continuing from {last} at epoch {epoch + 1} step {start_step}", file=sys.stderr)
-        if len(state["rng"]) == env.world:
-            _set_rng_state(state["rng"][env.rank], mixer)
-        elif env.main:
-            print(f"pretrain: {last} was written by {len(state['rng'])} processes, now {env.world}: "
-                  "continuing with fresh random states", flush=True)
     net = env.wrap(model)
     stop = _StopFlag()
     steps = batches.steps_per_epoch()
@@ -323,9 +311,31 @@ def _train(cfg, out, env, force):
     result = {"epochs": t["epochs"], "final_loss": loss_value, "processes": env.world, "device": str(env.device),
               "wall_time_s": round(earlier_s + time.time() - started, 1)}
     if env.main:
-        atomic.write_json(out / "summary.json", {**result, "provenance": provenance.collect()})
-        atomic.write_torch(out / "checkpoint.pth", {"format": CHECKPOINT_FORMAT, "method": cfg["method"],
-                                                    "arch": cfg["model"]["arch"], "config": cfg,
-                                                    "state_dict": model.state_dict()})
         metrics.close()
+        _write_result(cfg, out, model, result)
     return result
+
+
+def _resume(state, last, model, optimizer, mixer, env):
+    """Put last.pth's `state` (None: a fresh run) into the model, optimizer and random streams; returns
+    (epoch, step, loss, seconds trained before) to continue from."""
+    if state is None:
+        return 0, 0, None, 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if env.main:
+        print(f"pretrain: continuing from {last} at epoch {state['epoch'] + 1} step {state['step']}", file=sys.stderr)
+    if len(state["rng"]) == env.world:
+        _set_rng_state(state["rng"][env.rank], mixer)
+    elif env.main:
+        print(f"pretrain: {last} was written by {len(state['rng'])} processes, now {env.world}: "
+              "continuing with fresh random states", flush=True)
+    return state["epoch"], state["step"], state.get("loss"), state.get("wall_time_s", 0.0)
+
+
+def _write_result(cfg, out, model, result):
+    """The finished run: summary.json with its provenance, and checkpoint.pth, the file every consumer reads."""
+    atomic.write_json(out / "summary.json", {**result, "provenance": provenance.collect()})
+    atomic.write_torch(out / "checkpoint.pth", {"format": CHECKPOINT_FORMAT, "method": cfg["method"],
+                                                "arch": cfg["model"]["arch"], "config": cfg,
+                                                "state_dict": model.state_dict()})

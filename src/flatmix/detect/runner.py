@@ -23,6 +23,7 @@ from flatmix import atomic, provenance
 from flatmix.checkpoint_io import load_checkpoint
 from flatmix.convert import convert
 from flatmix.detect.configs import TASKS, build_config
+from flatmix.distributed import launched_processes
 from flatmix.errors import FlatmixError
 
 
@@ -91,8 +92,8 @@ def write_config(task, backbone, data, bn, out, scale):
         if meta["in_channels"] != 3:
             raise FlatmixError(f"{backbone}: a {meta['in_channels']}-channel encoder cannot take RGB images")
         mmdet_backbone = meta["mmdet_backbone"]
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    cfg = build_config(task, data, mmdet_backbone, init, bn, scale, synced_bn=distributed and torch.cuda.is_available())
+    cfg = build_config(task, data, mmdet_backbone, init, bn, scale,
+                       synced_bn=launched_processes() > 1 and torch.cuda.is_available())
     path = out / "config.py"
     atomic.write_text(path, cfg.pretty_text)  # every rank writes the same text, each under its own temporary name
     return path
@@ -121,7 +122,7 @@ def train(config_path, out):
 
     cfg = Config.fromfile(str(config_path))
     cfg.work_dir = str(Path(out) / "work")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_processes() > 1:
         cfg.launcher = "pytorch"
         if not torch.cuda.is_available():
             # mmengine's launcher calls torch.cuda.set_device: on CPUs start gloo ourselves, and wrap
@@ -147,7 +148,7 @@ def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
     dataset, _ = TASKS[task]
     metrics = {**_stable_metrics(task, dataset, raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
                "data": str(data), "config": str(config_path), "raw": {k: float(v) for k, v in raw.items()},
-               "processes": int(os.environ.get("WORLD_SIZE", "1")), "device": "cuda" if torch.cuda.is_available() else "cpu",
+               "processes": launched_processes(), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "wall_time_s": round(time.time() - start, 1), "provenance": provenance.collect()}
     if not dist.is_initialized() or dist.get_rank() == 0:
         atomic.write_json(Path(out) / "metrics.json", metrics)
