@@ -19,7 +19,10 @@ stamp_of() {
   echo "FORCE_CUDA=${FORCE_CUDA:-0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-}"
 }
 part=${FLATMIX_INSTALL:-all}
-case "$part" in all|environment|package) ;; *) echo "install: FLATMIX_INSTALL=$part: not all, environment or package" >&2; exit 2 ;; esac
+case "$part" in
+  all|environment|package) ;;
+  *) echo "install: FLATMIX_INSTALL=$part: not all, environment or package" >&2; exit 2 ;;
+esac
 if [ "$part" = all ] && [ -f "$venv/.flatmix-env" ] && [ "$(cat "$venv/.flatmix-env")" = "$(stamp_of)" ]; then
   echo "install: environment $venv is up to date" >&2
   exit 0
@@ -36,7 +39,8 @@ environment() {
   py_tag=$("$vpy" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   mmcv_version=$(sed -n 's/^mmcv==//p' "$root/envs/mmcv.txt")
   if [ "${FORCE_CUDA:-0}" = 1 ]; then
-    flavour="cuda$("$vpy" -c 'import torch; print(torch.version.cuda)')-$(echo "${TORCH_CUDA_ARCH_LIST:-default}" | tr ' ;+.' '____')"
+    flavour="cuda$("$vpy" -c 'import torch; print(torch.version.cuda)')"
+    flavour+="-$(echo "${TORCH_CUDA_ARCH_LIST:-default}" | tr ' ;+.' '____')"
   else
     flavour=cpu
   fi

@@ -2,7 +2,9 @@
 the image built from containers/Dockerfile here (tests/container_engine.py) runs each rule under --sdm
 apptainer with --nv and the data roots bound; results record the image."""
 
+import functools
 import json
+import os
 from pathlib import Path
 import re
 import shutil
@@ -37,6 +39,15 @@ def test_recipes_pin_a_debian_base_and_install_exactly_envs():
     # the shared steps: Debian's packages and Python only (no PPA), then the same install script as locally
     assert "bash envs/install.sh" in build and "pip install" not in build
     assert "ppa" not in build.lower() and "add-apt-repository" not in build and "python3.11-venv" in build
+
+
+def test_install_refuses_an_unknown_part():
+    """FLATMIX_INSTALL (the image's two layers) takes all, environment or package; anything else is one line."""
+    result = subprocess.run(["bash", str(REPO / "envs" / "install.sh")], capture_output=True, text=True,
+                            env={**os.environ, "FLATMIX_INSTALL": "$(touch PWNED)"}, cwd=REPO)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "FLATMIX_INSTALL=$(touch PWNED): not all, environment or package" in result.stderr
+    assert not (REPO / "PWNED").exists()
 
 
 def test_slurm_profiles():
@@ -87,13 +98,17 @@ def test_rules_run_in_the_image_with_the_data_roots_bound(image, tmp_path):
     assert_made_in_the_image(manifest["provenance"], engine, tag, sif)
 
 
+@functools.cache
+def _image_python(engine, tag):
+    return engine.podman("run", "--rm", tag, "python", "-c",
+                         "import platform; print(platform.python_version())").strip()
+
+
 def assert_made_in_the_image(record, engine, tag, sif):
     """A result's provenance says it was made in `tag` (run as the image file `sif`), by the image's own
     Python and flatmix: the commit the image was built from, not this checkout's."""
-    image_python = engine.podman("run", "--rm", tag, "python", "-c",
-                                 "import platform; print(platform.python_version())").strip()
     assert record["container_image"] == str(sif)
-    assert record["python"] == image_python and record["git_commit"] == f"test-{tag.split(':')[-1]}"
+    assert record["python"] == _image_python(engine, tag) and record["git_commit"] == f"test-{tag.split(':')[-1]}"
 
 
 def test_results_record_the_image(monkeypatch):
