@@ -7,7 +7,7 @@ from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 from flatmix.errors import FlatmixError
-from flatmix.experiments import check_renamed
+from flatmix.workflow_config import check_renamed
 
 min_version("9.0")
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from mmengine.config import Config
+from mmengine.runner import CheckpointLoader
 import pytest
 import torch
 
@@ -51,8 +52,11 @@ def test_paper_settings_in_config(synth_root, backbone, tmp_path, task, bn):
     cfg = _dry_run(task, backbone, data, bn, tmp_path / "run")
     b = cfg.model.backbone
     assert (b.type, b.depth, b.style, b.frozen_stages) == ("ResNet", 50, "pytorch", -1)
-    assert b.init_cfg == dict(type="Pretrained", checkpoint=str(tmp_path / "run" / "backbone.pth"))
-    assert torch.load(tmp_path / "run" / "backbone.pth", weights_only=True)["state_dict"]["conv1.weight"].shape == (64, 3, 7, 7)
+    # the backbone read from the checkpoint itself, converted in memory: no copy of it in the run's folder
+    assert b.init_cfg == dict(type="Pretrained", checkpoint=f"flatmix://{backbone.resolve()}")
+    assert not (tmp_path / "run" / "backbone.pth").exists()
+    loaded = CheckpointLoader.load_checkpoint(b.init_cfg["checkpoint"])  # the scheme config.py imports
+    assert loaded["state_dict"]["conv1.weight"].shape == (64, 3, 7, 7)
     if bn == "train":
         assert b.norm_cfg == dict(type="BN", requires_grad=True) and b.norm_eval is False
     else:
@@ -79,6 +83,19 @@ def test_paper_settings_in_config(synth_root, backbone, tmp_path, task, bn):
         metrics = cfg.test_evaluator.metric
         assert metrics == (["bbox", "segm"] if task == "coco-mask-rcnn" else "bbox")
     assert all(d["data_root"].rstrip("/") == str(data.resolve()) for d in _datasets(cfg.train_dataloader))
+    # override.py, mmdetection's own style: the task's config as _base_, then only what changes; it expands
+    # to exactly config.py (less the mmdet scope mmengine marks a package's base with)
+    override = (tmp_path / "run" / "override.py").read_text()
+    assert "_base_ = 'mmdet::" in override and len(override.splitlines()) < len(cfg.pretty_text.splitlines()) / 4
+    assert _without_scope(Config.fromfile(str(tmp_path / "run" / "override.py")).to_dict()) == cfg.to_dict()
+
+
+def _without_scope(node):
+    if isinstance(node, dict):
+        return {k: _without_scope(v) for k, v in node.items() if k != "_scope_"}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_without_scope(v) for v in node)
+    return node
 
 
 def test_random_backbone_and_bad_inputs(synth_root, backbone, tmp_path):
@@ -153,3 +170,20 @@ def test_retinanet_under_torchrun_on_two_cpu_processes(synth_root, backbone, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["bbox_AP"] is not None
+
+
+def test_detector_starts_from_the_checkpoint_weights(synth_root, backbone, tmp_path):
+    """mmdetection's own init, through the config's flatmix:// scheme, puts the checkpoint's weights into
+    the detector's ResNet (converted in memory, not read from a copy)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    cfg = _dry_run("voc-faster-rcnn", backbone, synth_root / "VOCdevkit", "frozen", tmp_path / "run")
+    register_all_modules()
+    detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    source = torch.load(backbone, weights_only=True)
+    for name, value in detector.backbone.state_dict().items():
+        if name in source:  # every tensor of the ResNet (mmdetection's names are torchvision's)
+            assert torch.equal(value, source[name]), name
+    assert sum(name in source for name in detector.backbone.state_dict()) == len(source) - 2  # all but fc

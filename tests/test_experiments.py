@@ -14,6 +14,7 @@ from flatmix.experiments import Experiments
 from flatmix.mixture import Mixer
 from flatmix.presets import DEFAULTS
 from flatmix.runconfig import resolve, set_flags
+from flatmix.tables import Tables
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -22,7 +23,7 @@ def test_paper_preset_trains_each_run_once_for_all_tables():
     e = Experiments(CONFIG, "paper")
     runs = e.pretrain_runs()
     assert len(runs) >= 45
-    table = lambda key: [c.run for _, cells in e.tables[key].rows for c in cells if c]  # noqa: E731
+    table = lambda key: [c.run for _, cells in Tables(e).tables[key].rows for c in cells if c]  # noqa: E731
     assert [len(table(k)) for k in ("table1", "table2", "table3")] == [6, 6, 11]
     # Table 3 sweeps the decay at Table 2's best count: its decay 1.0 is Table 2's 5 mixes; Table 5's CMC
     # 800-epoch baseline is Table 4's
@@ -62,16 +63,16 @@ def test_config_values_change_the_runs():
     assert "in100-moco-gm3p0.5-e100-k16384" in e.pretrain_runs()
     spec = e.pretrain_runs()["in100-moco-gm3p0.5-e100-k16384"]
     assert (spec["data"], spec["train"]["compile"]) == ({"loader": "pil", "workers": 12}, True)
-    assert e.tables["table1"].rows[0][1][0].paper == 76.24  # the paper's 3 mixtures, at any epochs
+    assert Tables(e).tables["table1"].rows[0][1][0].paper == 76.24  # the paper's 3 mixtures, at any epochs
 
 
 @pytest.mark.parametrize("table,level", [("table1", "global"), ("table2", "region")])
 def test_table_headings_are_the_mixing_steps_each_run_draws(table, level):
     """Tables 1-2's "numbers of mixtures" 2..7 are the authors' num_mix: k mixing steps per sample."""
     e = Experiments(CONFIG, "in100-ablation")
-    headings = e.tables[table].columns
+    headings = Tables(e).tables[table].columns
     assert headings == [f"{k} mixes" for k in range(2, 8)]
-    for k, cell in zip(range(2, 8), e.tables[table].rows[0][1]):
+    for k, cell in zip(range(2, 8), Tables(e).tables[table].rows[0][1]):
         cfg = resolve(DEFAULTS, {}, sets=shlex.split(set_flags(e.runs[cell.run]))[1::2])
         d = Mixer(cfg["mixture"], 0).draw(8, 8, 16, 16)
         drawn = d.global_partners if level == "global" else d.region_partners
@@ -100,12 +101,12 @@ def test_an_earlier_run_specs_count_key_is_refused_naming_the_new_key(tmp_path, 
 def test_smoke_stands_in_for_the_paper_runs_it_imitates():
     e = Experiments(CONFIG, "smoke")
     assert set(e.pretrain_runs()) == {"smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix"}
-    moco = e.tables["table5"].rows[0][1]
-    assert moco[1].result == "linear/smoke-moco/metrics.json" and moco[1].smoke and moco[1].paper == 78.2
-    assert moco[4].result == "linear/smoke-moco-mix/metrics.json" and moco[4].paper == 79.8
+    moco = Tables(e).tables["table5"].rows[0][1]
+    assert moco[1].result.path == "linear/smoke-moco/metrics.json" and moco[1].smoke and moco[1].paper == 78.2
+    assert moco[4].result.path == "linear/smoke-moco-mix/metrics.json" and moco[4].paper == 79.8
     assert not moco[0].smoke and moco[0].run == "in100-moco-e240-k16384"  # stays pending
-    ours = e.tables["table8b"].rows[1][1][0]
-    assert ours.result == "detect/smoke-moco-mix/coco-mask-rcnn-frozen/metrics.json" and ours.smoke
+    ours = Tables(e).tables["table8b"].rows[1][1][0]
+    assert ours.result.path == "detect/smoke-moco-mix/coco-mask-rcnn-frozen/metrics.json" and ours.smoke
 
 
 def test_in1k_figure5_is_table6_resnet50_on_imagenet1k():
@@ -114,7 +115,7 @@ def test_in1k_figure5_is_table6_resnet50_on_imagenet1k():
     e = Experiments(CONFIG, "in1k")
     assert list(e.flatness) == ["in1k"]
     figure = e.flatness["in1k"]
-    table6 = dict(e.tables["table6"].rows)
+    table6 = dict(Tables(e).tables["table6"].rows)
     assert figure.runs == {"MoCo": table6["resnet50 MoCo"][0].run, "MoCo + mixtures": table6["resnet50 ours"][0].run}
     assert figure.runs["MoCo + mixtures"] != figure.runs["MoCo"]
     assert figure.dataset == "imagenet1k" and all(e.dataset_of(r) == "imagenet1k" for r in figure.runs.values())
@@ -152,7 +153,7 @@ def test_outside_checkpoints_join_the_transfer_tables():
     assert ("supervised-r50", "coco-retinanet", "frozen") in e.detections()
     assert "supervised-r50" not in e.pretrain_runs()
     for key in ("table7a", "table7b", "table8a", "table8b"):
-        assert any(label.startswith("supervised-r50") for label, _ in e.tables[key].rows)
+        assert any(label.startswith("supervised-r50") for label, _ in Tables(e).tables[key].rows)
     config["transfer"]["checkpoints"] = {"in1k-moco-resnet50-e200-k16384": "/x.pth"}
     with pytest.raises(FlatmixError, match="in1k-moco-resnet50-e200-k16384"):
         Experiments(config, "transfer")

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import REPO, run_flatmix
 from flatmix import paper
-from flatmix.experiments import PRESET_PARTS, Experiments, load_config
+from flatmix.experiments import PRESET_PARTS, Experiments
+from flatmix.workflow_config import load_config
 from flatmix.launch import launcher
 from flatmix.plan import Plan
 from flatmix.runconfig import flatten

@@ -12,9 +12,15 @@ import html5lib
 import yaml
 
 from conftest import REPO, assert_one_line_error, run_flatmix
-from flatmix.experiments import Experiments, linear_result
+from flatmix.experiments import Experiments
+from flatmix.layout import Probe
+from flatmix.tables import Tables
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def linear_result(run):
+    return Probe(run).path
 
 
 def _write(path, obj):
@@ -322,5 +328,5 @@ def test_report_explains_the_marks_under_each_table(tmp_path):
     assert "diverged: the linear probe's loss diverged" in table5 and "smoke: " in table5 and "n/a" not in table5
     assert "n/a: made, but the result holds no such number" in table7a and "–: not in the paper" in table7a
     assert "diverged" not in table7a
-    assert html.count('<p class="terms">') == len(Experiments(dict(CONFIG, preset="smoke")).tables)
+    assert html.count('<p class="terms">') == len(Tables(Experiments(dict(CONFIG, preset="smoke"))).tables)
     assert "<em>n/a</em>: made, but" in html

@@ -5,15 +5,15 @@ One home for what the workflow's pretrain rule runs (workflow/rules/common.smk) 
 `flatmix plan --commands` prints, so that the two cannot drift apart.
 """
 
-from pathlib import Path
 import shlex
 
+from flatmix import layout
 from flatmix.runconfig import set_args
 
 
 def run_shape(experiments, run):
     """(GPUs per node, nodes) of a pretraining run: from config per data set; smoke runs take one GPU."""
-    if experiments.preset == "smoke":
+    if experiments.smoke:
         return 1, 1
     c = experiments.config["experiments"][experiments.dataset_of(run)]
     return c["gpus"], c["nodes"]
@@ -42,22 +42,10 @@ def pretrain_settings(spec, data):
     return set_args({**spec, "data": {**spec.get("data", {}), "root": str(data)}})
 
 
-def prepared_folder(config, dataset):
-    """The folder of a prepared data set, as the workflow makes it (common.smk's prepared_name):
-    RESULTS/data/prepared/DATASET from its real root, RESULTS/data/synth-prepared/DATASET from the
-    synthetic one."""
-    key = {"imagenet100": "imagenet", "imagenet1k": "imagenet"}.get(dataset, dataset)
-    return Path(config["results"], "data", "prepared" if config["data"][key] else "synth-prepared", dataset)
-
-
-def pretrain_folder(config, preset, run):
-    """The folder a pretraining run writes: RESULTS/PRESET/pretrain/RUN (common.smk's results())."""
-    return Path(config["results"], preset, "pretrain", run)
-
-
 def pretrain_command(experiments, run, spec):
     """A run's command line as the pretrain rule runs it (less its log redirect): the launcher unquoted,
     every setting and path shell-quoted."""
-    settings = pretrain_settings(spec, prepared_folder(experiments.config, experiments.dataset_of(run)))
-    out = pretrain_folder(experiments.config, experiments.preset, run)
-    return f"{launcher(*run_shape(experiments, run))} pretrain {shlex.join(settings)} --out {shlex.quote(str(out))}"
+    config = experiments.config
+    settings = pretrain_settings(spec, layout.prepared_folder(config, experiments.dataset_of(run)))
+    out = f"{layout.preset_folder(config, experiments.preset)}/{layout.pretrain_folder(run)}"
+    return f"{launcher(*run_shape(experiments, run))} pretrain {shlex.join(settings)} --out {shlex.quote(out)}"

@@ -9,6 +9,7 @@ ones (flatmix.paper), or the embedded set's for the smoke preset.
 """
 
 from flatmix import paper
+from flatmix.detect import TASKS
 from flatmix.experiments import PRESET_PARTS, Experiments
 from flatmix.launch import pretrain_command, run_shape
 from flatmix.linear import PROTOCOLS
@@ -25,9 +26,10 @@ ARCH_COST = {"resnet50": 1.0, "resnet50w2": 3.9, "resnet50half": 1.0}
 DETECTION_EPOCHS = 12
 
 
-def _sizes(config, preset):
-    if preset == "smoke":
-        s = config["synth"]
+def _sizes(experiments):
+    """Training images per data set: the real ones, or the embedded set's for the smoke preset."""
+    if experiments.smoke:
+        s = experiments.config["synth"]
         return {"imagenet100": (100 * s["train_per_class"], 100 * s["val_per_class"]),
                 "voc": 2 * s["voc_images"], "coco": s["coco_images"]}
     return {"imagenet100": (paper.IMAGENET100_TRAIN, paper.IMAGENET100_VAL),
@@ -38,9 +40,8 @@ def _sizes(config, preset):
 class Plan:
     def __init__(self, config, preset=None, rates=None):
         self.experiments = Experiments(config, preset)
-        self.config = config
         self.rates = {**RATES, **(rates or {})}
-        self.sizes = _sizes(config, self.experiments.preset)
+        self.sizes = _sizes(self.experiments)
 
     def pretrain_cost(self, run, spec):
         """(images processed, GPU-hours) of one pretraining run."""
@@ -54,14 +55,14 @@ class Plan:
         `smoke.linear` for the smoke preset; null: the protocol's). The probe validates after every epoch
         (flatmix.linear), so each epoch reads the training and the validation images."""
         dataset = self.experiments.dataset_of(run)
-        linear = self.config["smoke"]["linear"] if self.experiments.preset == "smoke" else self.config["linear"]
+        linear = self.experiments.settings("linear")
         epochs = PROTOCOLS[dataset]["epochs"] if linear["epochs"] is None else linear["epochs"]
         train, val = self.sizes[dataset]
         images = epochs * (train + val)
         return images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / self.rates["probe_images_per_s"] / 3600
 
     def detection_gpu_h(self, task):
-        images = DETECTION_EPOCHS * self.sizes["voc" if task.startswith("voc") else "coco"]
+        images = DETECTION_EPOCHS * self.sizes[TASKS[task]]
         s_per_iter = self.rates["mask_rcnn_s_per_iter" if task == "coco-mask-rcnn" else "faster_rcnn_s_per_iter"]
         return images / 2 * s_per_iter / 3600
 
@@ -123,6 +124,6 @@ class Plan:
         for run, spec in e.pretrain_runs().items():
             parts = ", ".join(part for part, runs in needs.items() if run in runs)
             nodes = run_shape(e, run)[1]
-            lines.append(f"{pretrain_command(e, run, spec)}  # {'stands in for ' if e.preset == 'smoke' else ''}"
+            lines.append(f"{pretrain_command(e, run, spec)}  # {'stands in for ' if e.smoke else ''}"
                          f"{parts}{f' (srun: inside a SLURM job of {nodes} nodes)' if nodes > 1 else ''}")
         return lines

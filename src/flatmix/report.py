@@ -23,7 +23,10 @@ import jinja2
 import matplotlib
 from flatmix import atomic, provenance
 from flatmix.errors import FlatmixError
-from flatmix.experiments import Experiments, load_config
+from flatmix.experiments import Experiments
+from flatmix.layout import Detection, Flatness, Probe, preset_folder, pretrain_folder
+from flatmix.tables import Tables
+from flatmix.workflow_config import load_config
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -50,7 +53,8 @@ TERMS = {
 
 
 def anchor(result):
-    return "prov-" + re.sub(r"[^A-Za-z0-9]+", "-", result.removesuffix("/metrics.json")).strip("-")
+    """The HTML id of a result's provenance entry (a flatmix.layout key)."""
+    return "prov-" + re.sub(r"[^A-Za-z0-9]+", "-", result.folder).strip("-")
 
 
 class Results:
@@ -81,11 +85,11 @@ class Results:
             raise FlatmixError(f"{path} is not a readable metrics file: {e}") from None
 
     def value(self, cell):
-        metrics = self.read(cell.result)
+        metrics = self.read(cell.result.path)
         return None if metrics is None else metrics.get(cell.metric)
 
     def made(self, cell):
-        return self.read(cell.result) is not None
+        return self.read(cell.result.path) is not None
 
 
 def cell_view(cell, results):
@@ -97,7 +101,7 @@ def cell_view(cell, results):
     if not results.made(cell):
         return {"text": f"pending ({paper})", "href": None, "state": "pending", "terms": ["pending", *terms]}
     ours = results.value(cell)
-    if results.read(cell.result).get("diverged"):
+    if results.read(cell.result.path).get("diverged"):
         text, terms = f"diverged ({paper})", ["diverged", *terms]
     elif ours is None:  # e.g. an AP of a size the data holds no object of
         text, terms = f"n/a ({paper})", ["n/a", *terms]
@@ -164,21 +168,13 @@ def _differing(record, shared):
 
 # ---- links to the results' files --------------------------------------------------------------------
 
-def log_of(result):
-    """The rule log beside a result, as the workflow names it: linear/RUN/metrics.json ->
-    logs/linear/RUN.log, detect/B/TASK-BN/metrics.json -> logs/detect/B/TASK-BN.log."""
-    return f"logs/{Path(result).parent.as_posix()}.log"
-
-
 def result_files(cell):
     """[(label, path relative to the results folder)] of the files behind one result."""
-    files = [("metrics", cell.result), ("log", log_of(cell.result))]
-    if cell.result.startswith("detect/"):  # the fine-tuning's mmdetection config, its backbone's conversion
-        folder, backbone = Path(cell.result).parent, Path(cell.result).parts[1]
-        files += [("detector config", f"{folder.as_posix()}/config.py"),
-                  ("conversion log", f"logs/convert/{backbone}/backbone-mmdet.pth.log")]
+    files = [("metrics", cell.result.path), ("log", cell.result.log)]
+    if isinstance(cell.result, Detection):  # the fine-tuning's mmdetection config
+        files += [("detector config", cell.result.config)]
     if cell.run:
-        run = f"pretrain/{cell.run}"
+        run = pretrain_folder(cell.run)
         files += [("pretraining summary", f"{run}/summary.json"), ("pretraining metrics", f"{run}/metrics.jsonl"),
                   ("pretraining config", f"{run}/config.yaml"), ("pretraining log", f"logs/{run}.log")]
     return files
@@ -194,16 +190,16 @@ def links(files, results, out):
 def _provenance_entry(cell, results, out):
     """What produced one result file: its files, the evaluation's settings and record and, for a pretrained
     backbone, the run's; provenance as flat records (see flat_provenance)."""
-    metrics = results.read(cell.result)
-    entry = {"id": anchor(cell.result), "result": cell.result, "run": cell.run,
+    metrics = results.read(cell.result.path)
+    entry = {"id": anchor(cell.result), "result": cell.result.path, "run": cell.run,
              "links": links(result_files(cell), results, out),
              "evaluation": {k: metrics.get(k) for k in ("task", "bn", "scale", "protocol", "epochs", "lr",
                                                       "batch_size", "image_size", "feature_norm", "backbone", "data",
                                                       "config", "processes", "device", "wall_time_s") if k in metrics},
              "provenance": flat_provenance(metrics.get("provenance")), "pretrain": None, "run_config": None}
     if cell.run:
-        config = results.root / "pretrain" / cell.run / "config.yaml"
-        entry["pretrain"] = results.read(f"pretrain/{cell.run}/summary.json")
+        config = results.root / pretrain_folder(cell.run) / "config.yaml"
+        entry["pretrain"] = results.read(f"{pretrain_folder(cell.run)}/summary.json")
         entry["run_config"] = config.read_text() if config.is_file() else None
     entry["pretrain_provenance"] = flat_provenance((entry["pretrain"] or {}).get("provenance"))
     return entry
@@ -246,12 +242,12 @@ def _legend_below(fig, axes):
         fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncol=legend_columns(entries))
 
 
-def figure4(experiments, results, path):
+def figure4(tables, results, path):
     """Accuracy against epochs per method: with mixtures solid, without dotted (as the paper); the
     paper's curves in grey, ours in colour. No title inside: the report's heading is its title."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH, 5), dpi=120, layout="constrained")
-        for ax, (method, series) in zip(axes, experiments.figure4.items()):
+        for ax, (method, series) in zip(axes, tables.figure4.items()):
             for name, colour, style in (("ours", "C3", "-"), ("baseline", "C0", ":")):
                 points = series[name]
                 label = "with mixtures" if name == "ours" else "without"
@@ -277,14 +273,14 @@ def pretrain_curve(results, run):
     """{epoch: (mean loss, mean contrastive top-1)} of a pretraining run's metrics.jsonl (a line per
     logged step; epochs counted from 1)."""
     by_epoch = {}
-    for record in results.lines(f"pretrain/{run}/metrics.jsonl"):
+    for record in results.lines(f"{pretrain_folder(run)}/metrics.jsonl"):
         by_epoch.setdefault(record["epoch"] + 1, []).append(record)
     return {ep: tuple(_mean(r.get(k) for r in rs) for k in ("loss", "acc1")) for ep, rs in by_epoch.items()}
 
 
 def linear_curve(results, run):
     """{epoch: (mean training loss, val top-1)} of a linear probe's history."""
-    metrics = results.read(f"linear/{run}/metrics.json") or {}
+    metrics = results.read(Probe(run).path) or {}
     return {h["epoch"]: (h.get("loss"), h.get("top1")) for h in metrics.get("history") or []}
 
 
@@ -356,37 +352,32 @@ def figure5_view(experiments, results, out):
     carries its title; the report heads it with its data set only, so the title is shown once."""
     figures = []
     for key, figure in experiments.flatness.items():
-        result = f"flatness/{key}/flatness.json"
-        doc = results.read(result)
-        png = results.root / "flatness" / key / "flatness.png"
+        result = Flatness(key)
+        doc = results.read(result.path)
+        png = results.root / result.png
         made = doc is not None and png.is_file()
         figures.append({"key": key, "dataset": DATASETS.get(figure.dataset, figure.dataset), "title": figure.title,
                         "png": png if made else None, "file": figure5_file(key),
-                        "links": links([("flatness", result), ("log", log_of(result))], results, out),
+                        "links": links([("flatness", result.path), ("log", result.log)], results, out),
                         "maxima": {name: m["max_probability"] for name, m in doc["models"].items()} if made else None})
     return figures
 
 
-def build_view(experiments, results, config_path, out):
-    tables, cells = [], []
-    for table in experiments.tables.values():
-        rows = []
-        for label, row in table.rows:
-            rows.append({"label": label, "cells": [cell_view(c, results) for c in row]})
-            cells += [c for c in row if c is not None and results.made(c)]
+def build_view(experiments, paper_tables, results, config_path, out):
+    tables = []
+    for table in paper_tables.tables.values():
+        rows = [{"label": label, "cells": [cell_view(c, results) for c in row]} for label, row in table.rows]
         tables.append({"key": table.key, "title": table.title, "columns": table.columns, "rows": rows,
                        "terms": table_terms(rows)})
-    cells += [c for series in experiments.figure4.values() for pts in series.values() for _, c in pts
-              if results.made(c)]
     entries, seen = [], set()
-    for cell in cells:
-        if cell.result not in seen:
+    for cell in paper_tables.cells():
+        if results.made(cell) and cell.result not in seen:
             seen.add(cell.result)
             entries.append(_provenance_entry(cell, results, out))
     shared, entries = provenance_view(entries)
     return {
         "preset": experiments.preset,
-        "smoke": experiments.preset == "smoke",
+        "smoke": experiments.smoke,
         "standins": experiments.standins,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "config": str(config_path),
@@ -409,7 +400,7 @@ def folders(config_path, results_dir=None, out=None):
     the DAG puts each preset's outputs, apart from the other presets'), and its report/."""
     if results_dir is None:
         config = load_config(config_path)
-        results_dir = Path(config.get("results", "results")) / Experiments(config).preset
+        results_dir = preset_folder({"results": "results", **config}, Experiments(config).preset)
     return Path(results_dir), Path(out) if out is not None else Path(results_dir) / "report"
 
 
@@ -417,11 +408,12 @@ def run(config_path, results_dir, out):
     """Write REPORT_FILES and each made Figure 5's copy (figure5_file) into OUT; returns a summary."""
     config = load_config(config_path)
     experiments = Experiments(config)
+    tables = Tables(experiments)
     results = Results(results_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figure4(experiments, results, out / "figure4.png")
-    view = build_view(experiments, results, config_path, out)
+    figure4(tables, results, out / "figure4.png")
+    view = build_view(experiments, tables, results, config_path, out)
     curves_figure(view["curves"], out / "curves.png")
     # each made Figure 5: copied beside report.md, embedded in the HTML
     linked, embedded = [], []

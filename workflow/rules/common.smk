@@ -14,14 +14,14 @@ import sys
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from flatmix.errors import FlatmixError
-from flatmix import launch
+from flatmix import launch, layout
 from flatmix.experiments import Experiments
 from flatmix.launch import launcher
+from flatmix.layout import Detection, Flatness, Probe
 
-RESULTS = f"{config['results']}/{config['preset']}"
-DATA = f"{config['results']}/data"
+RESULTS = layout.preset_folder(config)
+DATA = layout.data_folder(config)
 SYNTH = f"{DATA}/synth"
-SMOKE = config["preset"] == "smoke"
 # A root's usual folder name, for the error that asks for it.
 ROOT_EXAMPLES = {"imagenet": "ILSVRC", "voc": "VOCdevkit", "coco": "coco"}
 
@@ -81,15 +81,13 @@ def results(path):
 
 
 def prepared_name(dataset):
-    """A data set's folder under DATA, shared by the presets: prepared/DATASET from its real root,
-    synth-prepared/DATASET from the synthetic one."""
-    key = {"imagenet100": "imagenet", "imagenet1k": "imagenet"}.get(dataset, dataset)
-    return f"{'prepared' if config['data'][key] else 'synth-prepared'}/{dataset}"
+    """A data set's folder under DATA (flatmix.layout), shared by the presets."""
+    return layout.prepared_folder(config, dataset).removeprefix(f"{DATA}/")
 
 
 def prepared(dataset):
     """The manifest that marks a data set as checked and ready."""
-    return f"{DATA}/{prepared_name(dataset)}/manifest.json"
+    return f"{layout.prepared_folder(config, dataset)}/manifest.json"
 
 
 def synth_marker():
@@ -106,7 +104,7 @@ def data_root(key):
 
 
 def pretrained(run):
-    return results(f"pretrain/{run}/checkpoint.pth")
+    return results(f"{layout.pretrain_folder(run)}/checkpoint.pth")
 
 
 def run_shape(run):
@@ -115,8 +113,8 @@ def run_shape(run):
     return launch.run_shape(EXPERIMENTS, run)
 
 
-# SLURM requests of this preset's kind (config `slurm.resources`: smoke, or paper for every other preset)
-SLURM_REQUESTS = config["slurm"]["resources"]["smoke" if SMOKE else "paper"]
+# SLURM requests of this preset's scale (config `slurm.resources`: smoke, or paper for every other preset)
+SLURM_REQUESTS = config["slurm"]["resources"][EXPERIMENTS.scale]
 
 
 def _slurm_common():
@@ -166,7 +164,7 @@ def converted(run):
 
 def linear_options():
     """`flatmix linear` arguments from config (null: the protocol's value); the smoke preset has its own."""
-    c = config["smoke"]["linear"] if SMOKE else config["linear"]
+    c = EXPERIMENTS.settings("linear")
     args = ["--batch-size", c["batch_size"], "--image-size", c["image_size"], "--workers", c["workers"]]
     if c["epochs"] is not None:
         args += ["--epochs", c["epochs"]]
@@ -193,18 +191,19 @@ def flatness_backbones(figure):
 
 
 def detection_backbone(backbone):
-    """The mmdetection conversion of a backbone; nothing for random initialisation."""
-    return [] if backbone == "random" else results(f"convert/{backbone}/backbone-mmdet.pth")
+    """The checkpoint a detector's backbone is read from (flatmix detect converts it in memory, as the
+    probe and Figure 5 do); nothing for random initialisation."""
+    return [] if backbone == "random" else backbone_checkpoint(backbone)
 
 
 def detections():
-    return [results(f"detect/{b}/{task}-{bn}/metrics.json") for b, task, bn in EXPERIMENTS.detections()]
+    return [results(d.path) for d in EXPERIMENTS.detections()]
 
 
 def linear_results():
-    return [results(f"linear/{run}/metrics.json") for run in PRETRAIN_RUNS]
+    return [results(Probe(run).path) for run in PRETRAIN_RUNS]
 
 
 def flatness_outputs():
     """The Figure 5s this preset makes, one folder each."""
-    return [results(f"flatness/{figure}/flatness.png") for figure in EXPERIMENTS.flatness]
+    return [results(Flatness(figure).png) for figure in EXPERIMENTS.flatness]

@@ -27,7 +27,7 @@ rule linear:
         checkpoint=lambda wildcards: pretrained(wildcards.run),
         data=lambda wildcards: prepared(EXPERIMENTS.dataset_of(wildcards.run)),
     output:
-        results("linear/{run}/metrics.json"),
+        results(Probe("{run}").path),
     wildcard_constraints:
         run=one_of(PRETRAIN_RUNS),
     params:
@@ -38,7 +38,7 @@ rule linear:
     resources:
         **job_resources("linear"),
     log:
-        results("logs/linear/{run}.log"),
+        results(Probe("{run}").log),
     shell:
         "{params.launcher} linear --backbone {input.checkpoint:q} --data {params.data:q} --out {params.out:q}"
         " {params.options:q} 2> {log:q}"
@@ -49,8 +49,8 @@ rule flatness:
         checkpoints=lambda wildcards: [pretrained(run) for run in EXPERIMENTS.flatness[wildcards.figure].runs.values()],
         data=lambda wildcards: prepared(EXPERIMENTS.flatness[wildcards.figure].dataset),
     output:
-        png=report(results("flatness/{figure}/flatness.png"), caption="../report/figure5.rst", category="Figures"),
-        json=results("flatness/{figure}/flatness.json"),
+        png=report(results(Flatness("{figure}").png), caption="../report/figure5.rst", category="Figures"),
+        json=results(Flatness("{figure}").path),
     wildcard_constraints:
         figure=one_of(EXPERIMENTS.flatness),
     params:
@@ -58,11 +58,11 @@ rule flatness:
         title=lambda wildcards: EXPERIMENTS.flatness[wildcards.figure].title,
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output.png).parent,
-        settings=config["smoke"]["flatness"] if SMOKE else config["flatness"],
+        settings=EXPERIMENTS.settings("flatness"),
     resources:
         **job_resources("flatness"),
     log:
-        results("logs/flatness/{figure}.log"),
+        results(Flatness("{figure}").log),
     shell:
         "flatmix flatness {params.backbones:q} --data {params.data:q} --out {params.out:q}"
         " --image-size {params.settings[image_size]:q} --workers {params.settings[workers]:q}"

@@ -7,7 +7,7 @@ rule pretrain:
     input:
         lambda wildcards: prepared(EXPERIMENTS.dataset_of(wildcards.run)),
     output:
-        results("pretrain/{run}/checkpoint.pth"),
+        pretrained("{run}"),
     params:
         launcher=lambda wildcards: launcher(*run_shape(wildcards.run)),
         settings=lambda wildcards, input: pretrain_settings(wildcards.run, Path(input[0]).parent),
@@ -17,6 +17,6 @@ rule pretrain:
     resources:
         **pretrain_resources(),
     log:
-        results("logs/pretrain/{run}.log"),
+        results(f"logs/{layout.pretrain_folder('{run}')}.log"),
     shell:
         "{params.launcher} pretrain {params.settings:q} --out {params.out:q} 2> {log:q}"

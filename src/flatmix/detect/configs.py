@@ -1,5 +1,7 @@
 """mmdetection configs for the paper's detection benchmarks, built from the configs mmdetection itself
-ships (mmdet/.mim/configs) and written out as one plain config.py that mmdet's tools/train.py accepts.
+ships (mmdet/.mim/configs) and written out twice: one plain config.py that mmdet's tools/train.py accepts
+(what runs, and its provenance), and beside it override.py, mmdetection's own `_base_` style: the task's
+config as its base, then only what flatmix changes, so that a reader sees the paper's changes at a glance.
 
 What the paper sets on top of mmdetection's R50-FPN configs:
 - a torchvision-style ResNet initialised from the pretrained checkpoint, every stage fine-tuned
@@ -18,12 +20,15 @@ from pathlib import Path
 import mmdet
 from mmengine.config import Config
 
+from flatmix.detect import TASKS
+from flatmix.detect.backbone import pretrained_init
+
 
 MMDET_CONFIGS = Path(mmdet.__file__).parent / ".mim" / "configs"
-TASKS = {
-    "voc-faster-rcnn": ("voc", "pascal_voc/faster-rcnn_r50_fpn_1x_voc0712.py"),
-    "coco-retinanet": ("coco", "retinanet/retinanet_r50_fpn_1x_coco.py"),
-    "coco-mask-rcnn": ("coco", "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"),
+BASE_CONFIGS = {  # mmdetection's own config of each task (flatmix.detect.TASKS)
+    "voc-faster-rcnn": "pascal_voc/faster-rcnn_r50_fpn_1x_voc0712.py",
+    "coco-retinanet": "retinanet/retinanet_r50_fpn_1x_coco.py",
+    "coco-mask-rcnn": "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py",
 }
 BASE_BATCH = 16                 # the batch mmdetection's learning rates are given for (8 GPUs x 2 images)
 COCO_LR = 0.02                  # the paper's COCO learning rate at BASE_BATCH
@@ -67,14 +72,14 @@ def backbone_cfg(mmdet_backbone, init_checkpoint, bn, synced):
         backbone.update(norm_cfg=dict(type="SyncBN" if synced else "BN", requires_grad=True), norm_eval=False)
     else:
         backbone.update(norm_cfg=dict(type="BN", requires_grad=False), norm_eval=True)
-    backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(init_checkpoint)) if init_checkpoint else None
+    backbone["init_cfg"] = pretrained_init(init_checkpoint) if init_checkpoint else None
     return backbone
 
 
 def build_config(task, data_root, mmdet_backbone, init_checkpoint, bn, scale, synced_bn, batch_per_gpu=2):
     """The full mmengine Config of one detection run (`task` checked by the caller)."""
-    dataset, base = TASKS[task]
-    cfg = Config.fromfile(MMDET_CONFIGS / base)
+    dataset = TASKS[task]
+    cfg = Config.fromfile(MMDET_CONFIGS / BASE_CONFIGS[task])
     cfg.model.backbone = backbone_cfg(mmdet_backbone, init_checkpoint, bn, synced_bn)
     cfg.model.neck.norm_cfg = None  # no norm layer in the FPN
     _set_data_root(cfg, str(Path(data_root).resolve()) + "/")
@@ -103,8 +108,37 @@ def build_config(task, data_root, mmdet_backbone, init_checkpoint, bn, scale, sy
         # AP50 (VOC07 11-point, as mmdetection's VOC config) and the recall of the detections at IoU 0.5
         cfg.val_evaluator = dict(type="VOCMetricWithRecall", eval_mode="11points")
         cfg.test_evaluator = cfg.val_evaluator
-        cfg.custom_imports = dict(imports=["flatmix.detect.metrics"], allow_failed_imports=False)
+    # what the config names that only flatmix defines: its checkpoint scheme, its VOC metric
+    imports = ["flatmix.detect.backbone"] * bool(init_checkpoint) + ["flatmix.detect.metrics"] * (dataset == "voc")
+    if imports:
+        cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2)
     cfg.flatmix = dict(task=task, scale=scale, bn=bn, data_root=str(data_root),
                        backbone=str(init_checkpoint) if init_checkpoint else "random")
     return cfg
+
+
+_MISSING = object()
+
+
+def override(base, final):
+    """What turns config `base` into `final`, as a `_base_` child config holds it: only the keys that
+    changed; a dict that lost keys is given whole with `_delete_=True`, a changed list or value whole."""
+    changes = {}
+    for key, value in final.items():
+        old = base.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if set(old) - set(value):
+                changes[key] = {**value, "_delete_": True}
+            elif inner := override(old, value):
+                changes[key] = inner
+        elif value != old:
+            changes[key] = value
+    return changes
+
+
+def override_text(task, cfg):
+    """override.py of a config built for `task`: mmdetection's config as `_base_`, then the changes."""
+    base = Config.fromfile(MMDET_CONFIGS / BASE_CONFIGS[task]).to_dict()
+    return (f"# What flatmix changes in mmdetection's {BASE_CONFIGS[task]} (config.py beside it: the whole)\n"
+            f"_base_ = {f'mmdet::{BASE_CONFIGS[task]}'!r}\n\n" + Config(override(base, cfg.to_dict())).pretty_text)

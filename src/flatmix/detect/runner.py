@@ -1,4 +1,4 @@
-"""`flatmix detect`: convert the backbone, write DIR/config.py, then train and evaluate it with mmengine's
+"""`flatmix detect`: check the backbone, write DIR/config.py, then train and evaluate it with mmengine's
 Runner (one CPU process, one GPU, or under torchrun) and write DIR/metrics.json with stable names.
 
 Resume: a restarted run continues from the checkpoint DIR/work/last_checkpoint names. Anyone who can
@@ -6,7 +6,8 @@ write to DIR could plant a pickle there, so that file must lie inside DIR/work a
 through flatmix.checkpoint_io (a refusal is one line, before any training); mmengine 0.10.7's own
 torch.load calls (the resume, the Pretrained backbone) run under torch's weights_only unpickler too,
 with MMENGINE_GLOBALS allowlisted: exactly the types mmengine stores in its checkpoints. The user's
-backbone checkpoint is converted first, through flatmix.convert.
+backbone checkpoint is checked here (a refusal before any training) and read by the detector through
+flatmix.detect.backbone, converted in memory: no copy of it is written.
 """
 
 import os
@@ -21,8 +22,9 @@ import torch.distributed as dist
 
 from flatmix import atomic, provenance
 from flatmix.checkpoint_io import load_checkpoint
-from flatmix.convert import convert
-from flatmix.detect.configs import TASKS, build_config
+from flatmix.convert import extract, mmdet_backbone_cfg
+from flatmix.detect import TASKS
+from flatmix.detect.configs import build_config, override_text
 from flatmix.distributed import launched_processes
 from flatmix.errors import FlatmixError
 
@@ -77,25 +79,25 @@ def _stable_metrics(task, dataset, raw):
 
 
 def write_config(task, backbone, data, bn, out, scale):
-    """DIR/backbone.pth (unless random) and DIR/config.py; returns the config path."""
+    """DIR/config.py and DIR/override.py, the backbone checked first (unless random); returns config.py's
+    path."""
     if task not in TASKS:
         raise FlatmixError(f"unknown detection task {task!r}; known: {', '.join(TASKS)}")
-    dataset, _ = TASKS[task]
-    _check_data(dataset, data)
+    _check_data(TASKS[task], data)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if backbone == "random":
         mmdet_backbone, init = RANDOM_BACKBONE, None
     else:
-        init = out / "backbone.pth"
-        meta = convert(backbone, "mmdet", init)
-        if meta["in_channels"] != 3:
-            raise FlatmixError(f"{backbone}: a {meta['in_channels']}-channel encoder cannot take RGB images")
-        mmdet_backbone = meta["mmdet_backbone"]
+        arch = extract(backbone).arch
+        if arch["in_channels"] != 3:
+            raise FlatmixError(f"{backbone}: a {arch['in_channels']}-channel encoder cannot take RGB images")
+        mmdet_backbone, init = mmdet_backbone_cfg(arch), backbone
     cfg = build_config(task, data, mmdet_backbone, init, bn, scale,
                        synced_bn=launched_processes() > 1 and torch.cuda.is_available())
     path = out / "config.py"
     atomic.write_text(path, cfg.pretty_text)  # every rank writes the same text, each under its own temporary name
+    atomic.write_text(out / "override.py", override_text(task, cfg))
     return path
 
 
@@ -145,8 +147,7 @@ def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
     if dry_run:
         return {"config": str(config_path)}
     raw = train(config_path, out)
-    dataset, _ = TASKS[task]
-    metrics = {**_stable_metrics(task, dataset, raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
+    metrics = {**_stable_metrics(task, TASKS[task], raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
                "data": str(data), "config": str(config_path), "raw": {k: float(v) for k, v in raw.items()},
                "processes": launched_processes(), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "wall_time_s": round(time.time() - start, 1), "provenance": provenance.collect()}

@@ -1,0 +1,89 @@
+"""Where the workflow puts every output: each preset's under RESULTS/PRESET/ (presets never overwrite each
+other), the data every preset shares under RESULTS/data/, and inside a preset's folder one place per kind
+of result. The one home of these paths: the rules (workflow/rules/common.smk), `flatmix plan --commands`
+and the report all ask the objects here, and none builds or parses a path of its own.
+
+A result is addressed by a key (Probe, Detection, Flatness) whose `.path` is its file and whose `.log`
+is its rule's log, both relative to the preset's folder.
+"""
+
+from collections import namedtuple
+import posixpath
+
+# The config key (`data.KEY`) of the root each data set is prepared from
+ROOT_OF = {"imagenet100": "imagenet", "imagenet1k": "imagenet", "voc": "voc", "coco": "coco"}
+
+
+def _folder(*parts):
+    """A folder as one spelling (`results/` and `results` alike), so that every caller names it the same."""
+    return posixpath.normpath(posixpath.join(*map(str, parts)))
+
+
+def preset_folder(config, preset=None):
+    return _folder(config["results"], preset or config["preset"])
+
+
+def data_folder(config):
+    return _folder(config["results"], "data")
+
+
+def prepared_folder(config, dataset):
+    """A prepared data set: RESULTS/data/prepared/DATASET from its real root, .../synth-prepared/DATASET from
+    the synthetic one (never mistaken for the real one)."""
+    return _folder(data_folder(config), "prepared" if config["data"][ROOT_OF[dataset]] else "synth-prepared",
+                   dataset)
+
+
+def pretrain_folder(run):
+    """A pretraining run's folder, relative to the preset's."""
+    return f"pretrain/{run}"
+
+
+class _Result:
+    """A result file and its rule's log: FOLDER/FILE and logs/FOLDER.log."""
+    __slots__ = ()
+    FILE = "metrics.json"
+
+    @property
+    def path(self):
+        return f"{self.folder}/{self.FILE}"
+
+    @property
+    def log(self):
+        return f"logs/{self.folder}.log"
+
+
+class Probe(_Result, namedtuple("Probe", "run")):
+    """The linear probe of a pretraining run."""
+    __slots__ = ()
+
+    @property
+    def folder(self):
+        return f"linear/{self.run}"
+
+
+class Detection(_Result, namedtuple("Detection", "backbone task bn")):
+    """One fine-tuning: a backbone (a run, `random` or an outside checkpoint's name), a task, a BN setting."""
+    __slots__ = ()
+
+    @property
+    def folder(self):
+        return f"detect/{self.backbone}/{self.task}-{self.bn}"
+
+    @property
+    def config(self):
+        return f"{self.folder}/config.py"
+
+
+class Flatness(_Result, namedtuple("Flatness", "figure")):
+    """One Figure 5 (`in1k` or `in100`)."""
+    __slots__ = ()
+    FILE = "flatness.json"
+
+    @property
+    def folder(self):
+        return f"flatness/{self.figure}"
+
+    @property
+    def png(self):
+        return f"{self.folder}/flatness.png"
