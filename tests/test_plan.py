@@ -72,6 +72,15 @@ def test_plan_commands_are_the_pretraining_commands_the_dag_runs(tmp_path, prese
     assert {line.rsplit("  # ", 1)[0] for line in lines} == _dag_pretrain_commands(tmp_path, path)
 
 
+def test_a_results_folder_spelled_with_a_trailing_slash_names_the_same_folders(tmp_path):
+    """`results: out/` and `results: out` are one folder to the plan and to the DAG (flatmix.layout)."""
+    path = _config_with(tmp_path, results="out/")
+    lines = run_flatmix("plan", "--config", path, "--commands").stdout.splitlines()
+    commands = {line.rsplit("  # ", 1)[0] for line in lines}
+    assert len(commands) == 4 and all(" --out out/smoke/pretrain/smoke-" in c and "//" not in c for c in commands)
+    assert commands == _dag_pretrain_commands(tmp_path, path)
+
+
 def _probe_gpu_s(preset, **linear):
     """Seconds of one ResNet-50 ImageNet-100 probe at 1 image/s, with config `linear` (or `smoke.linear`)
     changed."""
