@@ -12,12 +12,12 @@ import torch
 
 from conftest import assert_one_line_error, run_flatmix
 from flatmix.data.augment import AugmentedImages, EpochSampler, moco_transform
-from flatmix.data.batches import PretrainBatches
 from flatmix.data.encoded import EncodedImages, collate, decode
 from flatmix.data.gpu_augment import DeviceRecipe
 from flatmix.data.loading import check_images, image_folder
 from flatmix.distributed import Distributed
 from flatmix.presets import DEFAULTS, PRESETS
+from flatmix.pretrain import pretrain_batches
 from flatmix.runconfig import resolve
 from test_gpu_loader import TOLERANCE
 
@@ -268,7 +268,7 @@ def broken_imagenet(synth_root, tmp_path):
 def _batches(root, loader, workers):
     cfg = resolve(DEFAULTS, PRESETS, preset="smoke-moco",
                   sets=["model.arch=resnet_tiny", f"data.loader={loader}", f"data.workers={workers}"])
-    return PretrainBatches(cfg, Distributed("cpu"), root / "train")
+    return pretrain_batches(cfg, Distributed("cpu"), root / "train")
 
 
 @pytest.mark.parametrize("loader", ["pil", "gpu"])

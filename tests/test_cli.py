@@ -111,3 +111,15 @@ def test_detectron2_output_is_written_as_pkl(checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "d2.pkl", "rb") as f:
         assert pickle.load(f)["matching_heuristics"] is True
+
+
+def test_bench_times_the_mixture_of_the_workflow_config(tmp_path):
+    """The mixed line times experiments.best.moco at experiments.imagenet100.moco_p, layered like plan's --config."""
+    from conftest import REPO
+    override = tmp_path / "global3.yaml"
+    override.write_text("experiments:\n  best:\n    moco: {global_mixes: 3}\n")
+    lines = _bench("--steps", "1", "--warmup", "0", "--config", REPO / "config.yaml", "--config", override)
+    assert [(r["mixture"], r["mixture_spec"]["global"]["mixes"], r["mixture_spec"]["region"]["mixes"])
+            for r in lines] == [(False, 0, 0), (True, 3, 5)]
+    assert lines[1]["mixture_spec"]["global"]["p"] == lines[1]["mixture_spec"]["region"]["p"] == 0.5
+    assert lines[1]["mixture_spec"]["region"]["decay"] == 0.2

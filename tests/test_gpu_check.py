@@ -4,7 +4,6 @@ Its install part is left out: here the project's venv already has mmcv, mmdet an
 the flatmix of the Python that runs it)."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
 

@@ -1,7 +1,8 @@
 """Throughput benchmarks. `flatmix bench pretrain` times the real training step (pretrain.training_step)
-with and without the paper's mixtures, fed by synthetic tensors already on the device or by a real loader
-(pil or gpu) from JPEG files, and prints one JSON line per configuration; with a real loader it first
-times the loader alone. `flatmix bench jpegs` writes ImageNet-like JPEGs to run it on.
+with and without the paper's mixtures (Table 5's, as the workflow config sets them), fed by synthetic
+tensors already on the device or by a real loader (pil or gpu) from JPEG files, and prints one JSON line
+per configuration; with a real loader it first times the loader alone. `flatmix bench jpegs` writes
+ImageNet-like JPEGs to run it on.
 
 Each step is timed on its own, and a line reports the median step time with its spread (min, max,
 interquartile range over `steps` steps), pairs/s from the median: one slow step (a compile, a loader
@@ -23,16 +24,16 @@ from PIL import Image
 import torch
 from tqdm import tqdm
 
-from flatmix.data.batches import LOADERS as DATA_LOADERS, PretrainBatches
+from flatmix.data.batches import LOADERS as DATA_LOADERS
 from flatmix.data.classes import IMAGENET100
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
-from flatmix.pretrain import build_training, training_step
+from flatmix.experiments import Experiments
+from flatmix.pretrain import build_training, pretrain_batches, training_step
 from flatmix.presets import DEFAULTS, PRESETS
-from flatmix.runconfig import resolve
+from flatmix.runconfig import flatten, resolve
+from flatmix.workflow_config import load_config
 
-# The full method of Table 5 (global 4 mixes and region 5 mixes with decay 0.2, p = 0.5).
-MIXTURE = {"global": {"mixes": 4, "p": 0.5, "alpha": 1.0}, "region": {"mixes": 5, "p": 0.5, "beta": 1.0, "decay": 0.2}}
 LOADERS = ("synthetic", *DATA_LOADERS)
 
 # ImageNet's most common image shapes (width, height). At quality 90 the files come out near 78 KB, like
@@ -90,11 +91,12 @@ def _rates(times, batch_size):
             "step_s_min": round(low, 6), "step_s_max": round(high, 6), "step_s_iqr": round(q3 - q1, 6)}
 
 
-def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=224, steps=20, warmup=5,
+def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, image_size=224, steps=20, warmup=5,
                    precision=None, channels_last=True, K=65536, device=None, loader="synthetic", data=None,
                    workers=8, compile=False):
     """Yield one result dict per configuration: the loader alone (real loaders), then the training step
-    without and with the mixtures. precision None: bf16 on CUDA, fp32 on a CPU."""
+    without and with the mixtures (`mixture`: a run spec's mixture section, e.g. Table 5's from the
+    workflow config). precision None: bf16 on CUDA, fp32 on a CPU."""
     if loader not in LOADERS:
         raise FlatmixError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if loader != "synthetic" and not (data and (Path(data) / "train").is_dir()):
@@ -115,13 +117,12 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
                   "compile": compile, "loader": loader, "workers": workers if loader != "synthetic" else 0,
                   "steps": steps}
         if loader != "synthetic":
-            batches = PretrainBatches(resolve(DEFAULTS, PRESETS, sets=sets), env, Path(data) / "train")
+            batches = pretrain_batches(resolve(DEFAULTS, PRESETS, sets=sets), env, Path(data) / "train")
             times = _step_times(env, _forever(batches), steps, warmup)
             if env.main:
                 yield {**common, "stage": "loader", "mixture": False, **_rates(times, batch_size)}
         for mixed in (False, True):
-            mix = [f"mixture.{level}.{key}={value}" for level, values in MIXTURE.items()
-                   for key, value in values.items()] if mixed else []
+            mix = [f"mixture.{key}={value}" for key, value in flatten(mixture).items()] if mixed else []
             cfg = resolve(DEFAULTS, PRESETS, sets=sets + mix)
             torch.manual_seed(0)
             if loader == "synthetic":
@@ -131,7 +132,7 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
                 index = torch.arange(local, device=env.device) + env.rank * local
                 stream = iter(lambda: (*views, index), None)
             else:
-                batches = PretrainBatches(cfg, env, Path(data) / "train")
+                batches = pretrain_batches(cfg, env, Path(data) / "train")
                 n_data, stream = len(batches), _forever(batches)
             model, optimizer, mixer = build_training(cfg, env, n_data=n_data)
             net = env.wrap(model)
@@ -139,7 +140,8 @@ def bench_pretrain(method="moco", arch="resnet50", batch_size=256, image_size=22
             times = _step_times(env, stream, steps, warmup,
                                 lambda v, i: training_step(cfg, net, optimizer, mixer, v, i))
             if env.main:
-                yield {**common, "stage": "train", "mixture": mixed, **_rates(times, batch_size)}
+                yield {**common, "stage": "train", "mixture": mixed, "mixture_spec": cfg["mixture"],
+                       **_rates(times, batch_size)}
             del model, net, optimizer, stream
     finally:
         env.close()
@@ -180,7 +182,8 @@ def write_jpegs(out, images, classes=10, seed=0):
 
 
 def run(args):
-    for result in bench_pretrain(method=args.method, arch=args.arch, batch_size=args.batch_size,
+    mixture = Experiments(load_config(*(args.config or ["config.yaml"]))).best_mixture("moco")
+    for result in bench_pretrain(mixture, method=args.method, arch=args.arch, batch_size=args.batch_size,
                                  image_size=args.image_size, steps=args.steps, warmup=args.warmup,
                                  precision=args.precision, channels_last=args.channels_last, K=args.K,
                                  device=args.device, loader=args.loader, data=args.data, workers=args.workers,

@@ -106,8 +106,8 @@ def _detect(args):
 
 
 def _plan(args):
-    from flatmix.experiments import load_config
     from flatmix.plan import Plan
+    from flatmix.workflow_config import load_config
     rates = {k: v for k, v in vars(args).items() if k.endswith(("_per_s", "_per_iter")) and v is not None}
     plan = Plan(load_config(*(args.config or ["config.yaml"])), args.preset, rates)
     print("\n".join(plan.commands()) if args.commands else plan.text())
@@ -189,6 +189,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     from flatmix import experiments
+    from flatmix.detect import TASKS
     parser = _Parser(prog="flatmix", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -251,13 +252,13 @@ def build_parser():
     p.set_defaults(run=_flatness)
 
     p = commands.add_parser("detect", help="fine-tune and evaluate a detector with mmdetection")
-    p.add_argument("task", choices=["voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn"],
+    p.add_argument("task", choices=list(TASKS),
                    help="the detector and data set (Tables 7-8)")
     p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads, or 'random'")
     p.add_argument("--data", required=True, help="the VOCdevkit (VOC tasks) or the COCO root")
     p.add_argument("--bn", required=True, choices=["train", "frozen"],
                    help="train: BN fine-tuned (the paper's No Freeze); frozen: BN affine and statistics frozen")
-    p.add_argument("--out", required=True, help="folder for config.py, backbone.pth, work/ and metrics.json")
+    p.add_argument("--out", required=True, help="folder for config.py, override.py, work/ and metrics.json")
     p.add_argument("--scale", choices=["smoke", "paper"], default="paper",
                    help="paper: the paper's schedule and image sizes; smoke: one epoch of small images, for a CPU")
     p.add_argument("--dry-run", action="store_true", help="write config.py only")
@@ -309,6 +310,9 @@ def build_parser():
     b.add_argument("--data", metavar="DIR", help="images in DIR/train/<class>/ (see `flatmix bench jpegs`)")
     b.add_argument("--workers", type=_at_least(0), default=min(os.cpu_count(), 16), help="loader workers per process")
     b.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    b.add_argument("--config", action="append", metavar="FILE",
+                   help="the workflow config whose experiments.best.moco and experiments.imagenet100.moco_p are the "
+                        "mixtures timed; repeat to layer files as `plan --config` does (default: config.yaml)")
     b.set_defaults(run=_bench)
     b = benches.add_parser("jpegs", help="write ImageNet-like JPEGs (sizes, bytes) for `bench pretrain --data`")
     b.add_argument("--out", required=True, help="folder for train/<class>/ JPEGs")

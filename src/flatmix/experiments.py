@@ -25,7 +25,6 @@ from flatmix.errors import FlatmixError
 from flatmix.layout import Detection
 from flatmix.presets import PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture
 from flatmix.workflow_config import check_renamed, get, merge
-from flatmix.workflow_config import load_config  # noqa: F401  TEMPORARY: cli and bench still import it here
 
 PRESET_PARTS = {
     "smoke": (),

@@ -24,6 +24,7 @@ import yaml
 
 from flatmix import atomic, paths, provenance
 from flatmix.checkpoint_io import load_own_state
+from flatmix.data.augment import cmc_transform, moco_transform
 from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
@@ -98,6 +99,22 @@ def build_training(cfg, env, n_data):
                                 fused=env.device.type == "cuda")
     mixer = Mixer(cfg["mixture"], cfg["seed"], env.rank)
     return model, optimizer, mixer
+
+
+def pretrain_views(cfg):
+    """The method's augmentation and its number of views (MoCo 2, CMC 1), built here from the run spec as
+    main_moco.py builds its TwoCropsTransform, so that the loaders take a transform and know no config."""
+    size = cfg["data"]["image_size"]
+    if cfg["method"] == "moco":
+        return moco_transform(size, cfg["moco"]["aug"]), 2
+    return cmc_transform(size, cfg["cmc"]["colour"]), 1
+
+
+def pretrain_batches(cfg, env, root):
+    """This rank's training batches of the images in `root` as the run spec says (`bench` times the same)."""
+    d = cfg["data"]
+    return PretrainBatches(root, *pretrain_views(cfg), env, loader=d["loader"], workers=d["workers"],
+                           seed=cfg["seed"], batch_size=cfg["train"]["batch_size"])
 
 
 def contrastive_loss(method, net, mixer, views, index):
@@ -214,6 +231,38 @@ class _StopFlag:
         self.raised = True
 
 
+class _LastCheckpoint:
+    """DIR/last.pth, which a restarted command continues from: written after an epoch, and where a signal
+    stops the loop, before exiting with PREEMPTED_EXIT so that a requeued job continues. Every rank saves
+    together: each gives its random states (env.gather), and all wait for the write (env.barrier)."""
+
+    def __init__(self, path, cfg, model, optimizer, mixer, env, loss, earlier_s):
+        self.path, self.cfg, self.model, self.optimizer, self.mixer, self.env = path, cfg, model, optimizer, mixer, env
+        self.loss = loss  # the last logged loss, which last.pth and the result report
+        self.earlier_s, self.started = earlier_s, time.time()
+
+    def wall_time_s(self):
+        """Seconds of training, those of the runs this one continues included."""
+        return self.earlier_s + time.time() - self.started
+
+    def save(self, epoch, step):
+        rng = self.env.gather(_rng_state(self.mixer))
+        if self.env.main:
+            atomic.write_torch(self.path, {"config": self.cfg, "epoch": epoch, "step": step,
+                                           "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                           "rng": rng, "loss": self.loss, "wall_time_s": self.wall_time_s()})
+        self.env.barrier()
+
+    def stop(self, epoch, step, progress):
+        """Save at (epoch, step), step 0 being the start of `epoch`, say where, and exit for the requeue."""
+        self.save(epoch, step)
+        progress.close()
+        if self.env.main:
+            where = f"epoch {epoch + 1} step {step}" if step else f"epoch {epoch} done"
+            print(f"pretrain: stopped by a signal; {self.path} holds {where}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT)
+
+
 def run(cfg, out, force=False):
     """Train according to the resolved config `cfg`, writing into `out`; returns the final metrics."""
     _validate(cfg)
@@ -232,7 +281,7 @@ def _train(cfg, out, env, force):
     root = Path(cfg["data"]["root"]) / "train"
     if not root.is_dir():
         raise FlatmixError(f"data.root: {root} is not a folder of class folders")
-    batches = PretrainBatches(cfg, env, root)
+    batches = pretrain_batches(cfg, env, root)
     if batches.steps_per_epoch() == 0:
         raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {t['batch_size']}")
     if env.main:
@@ -253,67 +302,61 @@ def _train(cfg, out, env, force):
     torch.manual_seed(cfg["seed"] + env.rank)  # then each rank its own stream (shuffles, negatives)
     np.random.seed(cfg["seed"] + env.rank)
     random.seed(cfg["seed"] + env.rank)
-    epoch, start_step, loss_value, earlier_s = _resume(state, last, model, optimizer, mixer, env)
-    started = time.time()
+    epoch, start_step, loss, earlier_s = _resume(state, last, model, optimizer, mixer, env)
+    checkpoint = _LastCheckpoint(last, cfg, model, optimizer, mixer, env, loss, earlier_s)
     net = env.wrap(model)
-    stop = _StopFlag()
+    signalled = _StopFlag()
     steps = batches.steps_per_epoch()
     progress = Progress("pretrain", t["epochs"] * steps, done=epoch * steps + start_step, unit="pairs",
                         per_step=t["batch_size"], enabled=env.main)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None
-
-    def save_last(epoch, step):
-        rng = env.gather(_rng_state(mixer))
-        if env.main:
-            atomic.write_torch(last, {"config": cfg, "epoch": epoch, "step": step, "model": model.state_dict(),
-                                      "optimizer": optimizer.state_dict(), "rng": rng, "loss": loss_value,
-                                      "wall_time_s": earlier_s + time.time() - started})
-        env.barrier()
-
     while epoch < t["epochs"]:
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
-        logged = Window()  # the steps since the last metrics line
-        epoch_batches = progress.batches(logged.batches(batches.epoch(epoch, start_step)))
-        for step, (*views, index) in enumerate(epoch_batches, start=start_step):
-            loss, acc1 = training_step(cfg, net, optimizer, mixer, views, index)
-            if (step + 1) % t["log_every"] == 0 or step + 1 == steps:
-                loss_value, acc1_value = loss.item(), acc1.item()
-                steps_per_s, data_wait = logged.read()
-                pairs = steps_per_s * t["batch_size"]
-                progress.show(f"epoch {epoch + 1}/{t['epochs']} step {step + 1}/{steps} loss {loss_value:.4f} "
-                              f"acc1 {acc1_value:.1f}% lr {lr:.4g}", force=step + 1 == steps)
-                if metrics:
-                    metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "acc1": acc1_value,
-                                              "lr": lr, "pairs_per_s": pairs, "data_wait": data_wait,
-                                              "skipped_images": batches.skipped_images(),
-                                              "time": time.time()}) + "\n")
-                    metrics.flush()
-            if env.any(stop.raised) and step + 1 < steps:
-                save_last(epoch, step + 1)
-                progress.close()
-                if env.main:
-                    print(f"pretrain: stopped by a signal; {last} holds epoch {epoch + 1} step {step + 1}",
-                          file=sys.stderr)
-                raise SystemExit(PREEMPTED_EXIT)
+        _train_epoch(cfg, env, net, optimizer, mixer, batches, epoch, start_step, lr, progress, metrics,
+                     signalled, checkpoint)
         epoch, start_step = epoch + 1, 0
-        stopping = env.any(stop.raised)
+        stopping = env.any(signalled.raised)
+        if stopping and epoch < t["epochs"]:
+            checkpoint.stop(epoch, 0, progress)
         if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
-            save_last(epoch, 0)
-            if stopping and epoch < t["epochs"]:
-                progress.close()
-                if env.main:
-                    print(f"pretrain: stopped by a signal; {last} holds epoch {epoch} done", file=sys.stderr)
-                raise SystemExit(PREEMPTED_EXIT)
+            checkpoint.save(epoch, 0)
     progress.close()
-    result = {"epochs": t["epochs"], "final_loss": loss_value, "processes": env.world, "device": str(env.device),
-              "wall_time_s": round(earlier_s + time.time() - started, 1)}
+    result = {"epochs": t["epochs"], "final_loss": checkpoint.loss, "processes": env.world,
+              "device": str(env.device), "wall_time_s": round(checkpoint.wall_time_s(), 1)}
     if env.main:
         metrics.close()
         _write_result(cfg, out, model, result)
     return result
+
+
+def _train_epoch(cfg, env, net, optimizer, mixer, batches, epoch, start_step, lr, progress, metrics, signalled,
+                 checkpoint):
+    """The steps of `epoch` from `start_step` on, with a progress and metrics line every train.log_every
+    steps and at the last; a signal stops it (checkpoint.stop) after a step, unless the epoch is done."""
+    t = cfg["train"]
+    steps = batches.steps_per_epoch()
+    net.train()
+    logged = Window()  # the steps since the last metrics line
+    epoch_batches = progress.batches(logged.batches(batches.epoch(epoch, start_step)))
+    for step, (*views, index) in enumerate(epoch_batches, start=start_step):
+        loss, acc1 = training_step(cfg, net, optimizer, mixer, views, index)
+        if (step + 1) % t["log_every"] == 0 or step + 1 == steps:
+            loss_value, acc1_value = loss.item(), acc1.item()
+            checkpoint.loss = loss_value
+            steps_per_s, data_wait = logged.read()
+            pairs = steps_per_s * t["batch_size"]
+            progress.show(f"epoch {epoch + 1}/{t['epochs']} step {step + 1}/{steps} loss {loss_value:.4f} "
+                          f"acc1 {acc1_value:.1f}% lr {lr:.4g}", force=step + 1 == steps)
+            if metrics:
+                metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "acc1": acc1_value,
+                                          "lr": lr, "pairs_per_s": pairs, "data_wait": data_wait,
+                                          "skipped_images": batches.skipped_images(),
+                                          "time": time.time()}) + "\n")
+                metrics.flush()
+        if env.any(signalled.raised) and step + 1 < steps:
+            checkpoint.stop(epoch, step + 1, progress)
 
 
 def _resume(state, last, model, optimizer, mixer, env):

@@ -18,7 +18,7 @@ import threading
 import torch
 from torch.utils.data import DataLoader
 
-from flatmix.data.augment import AugmentedImages, EpochSampler, cmc_transform, moco_transform
+from flatmix.data.augment import AugmentedImages, EpochSampler
 from flatmix.data.encoded import EncodedImages, collate, decode
 from flatmix.data.gpu_augment import DeviceRecipe
 
@@ -27,22 +27,19 @@ PREFETCH = 2  # device batches made ahead of the training step
 
 
 class PretrainBatches:
-    def __init__(self, cfg, env, root):
-        method, size = cfg["method"], cfg["data"]["image_size"]
-        if method == "moco":
-            transform, views = moco_transform(size, cfg["moco"]["aug"]), 2
-        else:
-            transform, views = cmc_transform(size, cfg["cmc"]["colour"]), 1
-        if cfg["data"]["loader"] == "pil":
-            self.dataset = AugmentedImages(root, transform, views, cfg["seed"])
+    """This rank's share of each global batch of `batch_size` images of `root`, as `views` views under
+    `transform` (a moco_transform or cmc_transform, which the `gpu` loader runs as a DeviceRecipe)."""
+
+    def __init__(self, root, transform, views, env, *, loader, workers, seed, batch_size):
+        if loader == "pil":
+            self.dataset = AugmentedImages(root, transform, views, seed)
             collate_fn, self.recipe = None, None
         else:
             self.recipe = DeviceRecipe(transform)
-            self.dataset = EncodedImages(root, self.recipe, views, cfg["seed"])
+            self.dataset = EncodedImages(root, self.recipe, views, seed)
             collate_fn = collate
-        batch_size = cfg["train"]["batch_size"]
-        self.sampler = EpochSampler(len(self.dataset), batch_size, env.rank, env.world, cfg["seed"])
-        self.workers, self.device = cfg["data"]["workers"], env.device
+        self.sampler = EpochSampler(len(self.dataset), batch_size, env.rank, env.world, seed)
+        self.workers, self.device = workers, env.device
         self.loader = DataLoader(self.dataset, batch_size=batch_size // env.world, sampler=self.sampler,
                                  num_workers=self.workers, collate_fn=collate_fn,
                                  pin_memory=env.device.type == "cuda", drop_last=True)
