@@ -512,7 +512,7 @@ def bench_stage(loader, compiled):
     def stage(run):
         if compiled and run.device != "cuda":
             raise Skip("cpu: torch.compile timings mean nothing on a CPU and cost minutes of compiling")
-        args = ["bench", "pretrain", *run.sizes.bench, "--device", run.device]
+        args = ["bench", "pretrain", *run.sizes.bench, "--device", run.device, "--config", REPO / "config.yaml"]
         if loader != "synthetic":
             args += ["--loader", loader, "--data", run.work / "jpegs"]
         lines = _json_lines(run.sh(name, run.flatmix(*args, *(["--compile"] if compiled else []),
