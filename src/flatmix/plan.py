@@ -71,10 +71,11 @@ class Plan:
         counted, and the total."""
         e = self.experiments
         runs = e.pretrain_runs()
+        # the smoke preset makes no part of the paper: one row of all it makes
+        parts = [("smoke", list(runs), e.detections())] if e.smoke else \
+            [(part, [r for r in runs if r in e.part_runs(part)], e.part_detections(part)) for part in e.parts()]
         counted_runs, counted_detections, rows = set(), set(), []
-        for part in e.parts() or ("smoke",):
-            part_runs = list(runs) if part == "smoke" else [r for r in runs if r in e.part_runs(part)]
-            detections = e.detections() if part == "smoke" else e.part_detections(part)
+        for part, part_runs, detections in parts:
             new_runs = [r for r in part_runs if r not in counted_runs]
             new_detections = [d for d in detections if d not in counted_detections]
             counted_runs.update(new_runs)
