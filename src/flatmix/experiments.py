@@ -231,7 +231,7 @@ class Experiments:
 
     def stand_in_detection(self, detection):
         """The smoke preset fine-tunes its mixed run in place of the first "ours" backbone."""
-        ours = next(b.name for b in self.backbones if b.kind == "ours")
+        ours = next((b.name for b in self.backbones if b.kind == "ours"), None)
         if self.smoke and detection.backbone == ours:
             return detection._replace(backbone=SMOKE_TRANSFER), True
         return detection, False
