@@ -22,7 +22,8 @@ def pretrained_init(checkpoint):
 
 
 @CheckpointLoader.register_scheme(prefixes=SCHEME)
-def load_backbone(filename, map_location=None):
+def load_from_flatmix(filename, map_location=None):
     """The backbone of the checkpoint at `filename` (less the scheme), in torchvision's names, which are
-    mmdetection's ResNet's; read through torch's weights_only unpickler and checked whole."""
+    mmdetection's ResNet's; read through torch's weights_only unpickler and checked whole. (Named as
+    mmengine names its loaders, load_from_*: its log then says "Loads checkpoint by flatmix backend".)"""
     return {"state_dict": extract(filename[len(SCHEME):]).state}
