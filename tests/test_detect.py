@@ -187,3 +187,17 @@ def test_detector_starts_from_the_checkpoint_weights(synth_root, backbone, tmp_p
         if name in source:  # every tensor of the ResNet (mmdetection's names are torchvision's)
             assert torch.equal(value, source[name]), name
     assert sum(name in source for name in detector.backbone.state_dict()) == len(source) - 2  # all but fc
+
+
+def test_a_hostile_checkpoint_path_stays_one_string_in_both_configs(synth_root, backbone, tmp_path):
+    """config.py and override.py are Python that mmengine executes: a checkpoint and output folder named
+    with quotes, `$(...)` and `;` come back as the very path, and nothing of the name runs."""
+    hostile = tmp_path / "h 'q\" $(touch PWNED) ;x"
+    hostile.mkdir()
+    (hostile / "r50.pth").write_bytes(backbone.read_bytes())
+    cfg = _dry_run("voc-faster-rcnn", hostile / "r50.pth", synth_root / "VOCdevkit", "frozen", hostile / "out")
+    override = Config.fromfile(str(hostile / "out" / "override.py"))
+    for c in (cfg, override):
+        assert c.model.backbone.init_cfg.checkpoint == f"flatmix://{hostile / 'r50.pth'}"
+    assert CheckpointLoader.load_checkpoint(cfg.model.backbone.init_cfg.checkpoint)["state_dict"]
+    assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()
