@@ -375,10 +375,15 @@ def build_view(experiments, paper_tables, results, config_path, out):
             seen.add(cell.result)
             entries.append(_provenance_entry(cell, results, out))
     shared, entries = provenance_view(entries)
+    # the smoke runs' size, for the report's note (the four are alike)
+    smoke_run = next(iter(experiments.pretrain_runs().values())) if experiments.smoke else None
+    smoke_runs = smoke_run and {"epochs": smoke_run["train"]["epochs"], "image_size": smoke_run["data"]["image_size"]}
     return {
         "preset": experiments.preset,
         "smoke": experiments.smoke,
         "standins": experiments.standins,
+        "detection_standin": paper_tables.detection_standin,
+        "smoke_runs": smoke_runs,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "config": str(config_path),
         "report_provenance": provenance.collect(),

@@ -50,6 +50,7 @@ class Tables:
 
     def __init__(self, experiments):
         self.e = experiments
+        self.detection_standin = None  # {row, run}: the transfer tables' row a smoke run stands in for
         self.tables = {key: getattr(self, "_" + key)() for key in TABLES if key not in DETECTION_PARTS}
         self.tables |= {key: self._detection_table(key) for key in DETECTION_PARTS}
         self.figure4 = {method: {series: [(ep, self._probe(run, paper.FIGURE4[method][series].get(ep)))
@@ -123,6 +124,8 @@ class Tables:
                 rows.append((label, [None] * len(metrics)))
                 continue
             used, smoke = self.e.stand_in_detection(detection)
+            if smoke:
+                self.detection_standin = {"row": label, "run": used.backbone}
             run = used.backbone if smoke or used.backbone in self.e.runs else None
             values = published.get(paper_key, (None,) * len(metrics))
             rows.append((label, [Cell(used, m, v, run, smoke) for m, v in zip(metrics, values)]))
