@@ -75,6 +75,12 @@ def learning_rate(cfg, epoch):
     return step_lr(t["lr"], epoch, t["milestones"])
 
 
+def adjust_learning_rate(optimizer, cfg, epoch):
+    """As main_moco.py's: the epoch's learning rate on every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, epoch)
+
+
 def build_model(cfg, n_data):
     if cfg["method"] == "moco":
         m = cfg["moco"]
@@ -233,13 +239,19 @@ class _StopFlag:
 
 class _LastCheckpoint:
     """DIR/last.pth, which a restarted command continues from: written after an epoch, and where a signal
-    stops the loop, before exiting with PREEMPTED_EXIT so that a requeued job continues. Every rank saves
-    together: each gives its random states (env.gather), and all wait for the write (env.barrier)."""
+    (SIGTERM, SIGUSR1) stops the loop, before exiting with PREEMPTED_EXIT so that a requeued job continues.
+    Every rank saves together: each gives its random states (env.gather), and all wait for the write
+    (env.barrier)."""
 
     def __init__(self, path, cfg, model, optimizer, mixer, env, loss, earlier_s):
         self.path, self.cfg, self.model, self.optimizer, self.mixer, self.env = path, cfg, model, optimizer, mixer, env
         self.loss = loss  # the last logged loss, which last.pth and the result report
         self.earlier_s, self.started = earlier_s, time.time()
+        self.signalled = _StopFlag()
+
+    def stop_requested(self):
+        """Whether any rank got a stop signal (a collective call: every rank asks at the same point)."""
+        return self.env.any(self.signalled.raised)
 
     def wall_time_s(self):
         """Seconds of training, those of the runs this one continues included."""
@@ -305,19 +317,15 @@ def _train(cfg, out, env, force):
     epoch, start_step, loss, earlier_s = _resume(state, last, model, optimizer, mixer, env)
     checkpoint = _LastCheckpoint(last, cfg, model, optimizer, mixer, env, loss, earlier_s)
     net = env.wrap(model)
-    signalled = _StopFlag()
     steps = batches.steps_per_epoch()
     progress = Progress("pretrain", t["epochs"] * steps, done=epoch * steps + start_step, unit="pairs",
                         per_step=t["batch_size"], enabled=env.main)
     metrics = open(out / "metrics.jsonl", "a") if env.main else None
     while epoch < t["epochs"]:
-        lr = learning_rate(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        _train_epoch(cfg, env, net, optimizer, mixer, batches, epoch, start_step, lr, progress, metrics,
-                     signalled, checkpoint)
+        adjust_learning_rate(optimizer, cfg, epoch)
+        _train_epoch(cfg, net, optimizer, mixer, batches, epoch, start_step, progress, metrics, checkpoint)
         epoch, start_step = epoch + 1, 0
-        stopping = env.any(signalled.raised)
+        stopping = checkpoint.stop_requested()
         if stopping and epoch < t["epochs"]:
             checkpoint.stop(epoch, 0, progress)
         if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
@@ -331,11 +339,10 @@ def _train(cfg, out, env, force):
     return result
 
 
-def _train_epoch(cfg, env, net, optimizer, mixer, batches, epoch, start_step, lr, progress, metrics, signalled,
-                 checkpoint):
+def _train_epoch(cfg, net, optimizer, mixer, batches, epoch, start_step, progress, metrics, checkpoint):
     """The steps of `epoch` from `start_step` on, with a progress and metrics line every train.log_every
     steps and at the last; a signal stops it (checkpoint.stop) after a step, unless the epoch is done."""
-    t = cfg["train"]
+    t, lr = cfg["train"], optimizer.param_groups[0]["lr"]  # as adjust_learning_rate set it
     steps = batches.steps_per_epoch()
     net.train()
     logged = Window()  # the steps since the last metrics line
@@ -355,7 +362,7 @@ def _train_epoch(cfg, env, net, optimizer, mixer, batches, epoch, start_step, lr
                                           "skipped_images": batches.skipped_images(),
                                           "time": time.time()}) + "\n")
                 metrics.flush()
-        if env.any(signalled.raised) and step + 1 < steps:
+        if checkpoint.stop_requested() and step + 1 < steps:
             checkpoint.stop(epoch, step + 1, progress)
 
 
