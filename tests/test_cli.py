@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_flatmix
+from conftest import REPO, assert_one_line_error, run_flatmix
 from flatmix import experiments, presets
 from flatmix.cli import build_parser
 from flatmix.models.resnet import build_resnet
@@ -115,7 +115,6 @@ def test_detectron2_output_is_written_as_pkl(checkpoint, tmp_path):
 
 def test_bench_times_the_mixture_of_the_workflow_config(tmp_path):
     """The mixed line times experiments.best.moco at experiments.imagenet100.moco_p, layered like plan's --config."""
-    from conftest import REPO
     override = tmp_path / "global3.yaml"
     override.write_text("experiments:\n  best:\n    moco: {global_mixes: 3}\n")
     lines = _bench("--steps", "1", "--warmup", "0", "--config", REPO / "config.yaml", "--config", override)
@@ -123,3 +122,11 @@ def test_bench_times_the_mixture_of_the_workflow_config(tmp_path):
             for r in lines] == [(False, 0, 0), (True, 3, 5)]
     assert lines[1]["mixture_spec"]["global"]["p"] == lines[1]["mixture_spec"]["region"]["p"] == 0.5
     assert lines[1]["mixture_spec"]["region"]["decay"] == 0.2
+
+
+def test_bench_without_a_readable_config_says_so_in_one_line(tmp_path):
+    """Run outside the project (no config.yaml there) or given a bad file: one line naming it, no timing."""
+    result = run_flatmix("bench", "pretrain", "--device", "cpu", "--arch", "resnet_tiny", cwd=tmp_path)
+    assert_one_line_error(result, "config.yaml")
+    (tmp_path / "bad.yaml").write_text("experiments: [")
+    assert_one_line_error(run_flatmix("bench", "pretrain", "--config", tmp_path / "bad.yaml"), "bad.yaml")

@@ -47,5 +47,5 @@ def pretrain_command(experiments, run, spec):
     every setting and path shell-quoted."""
     config = experiments.config
     settings = pretrain_settings(spec, layout.prepared_folder(config, experiments.dataset_of(run)))
-    out = f"{layout.preset_folder(config, experiments.preset)}/{layout.pretrain_folder(run)}"
+    out = f"{layout.preset_folder(config, experiments.preset)}/{layout.Pretraining(run).folder}"
     return f"{launcher(*run_shape(experiments, run))} pretrain {shlex.join(settings)} --out {shlex.quote(out)}"

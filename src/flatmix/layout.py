@@ -3,8 +3,8 @@ other), the data every preset shares under RESULTS/data/, and inside a preset's 
 of result. The one home of these paths: the rules (workflow/rules/common.smk), `flatmix plan --commands`
 and the report all ask the objects here, and none builds or parses a path of its own.
 
-A result is addressed by a key (Probe, Detection, Flatness) whose `.path` is its file and whose `.log`
-is its rule's log, both relative to the preset's folder.
+A result is addressed by a key (Pretraining, Probe, Detection, Flatness) whose `.path` is its file and
+whose `.log` is its rule's log, both relative to the preset's folder.
 """
 
 from collections import namedtuple
@@ -27,16 +27,14 @@ def data_folder(config):
     return _folder(config["results"], "data")
 
 
+def prepared_name(config, dataset):
+    """A prepared data set's folder under the data folder: prepared/DATASET from its real root,
+    synth-prepared/DATASET from the synthetic one (never mistaken for the real one)."""
+    return f"{'prepared' if config['data'][ROOT_OF[dataset]] else 'synth-prepared'}/{dataset}"
+
+
 def prepared_folder(config, dataset):
-    """A prepared data set: RESULTS/data/prepared/DATASET from its real root, .../synth-prepared/DATASET from
-    the synthetic one (never mistaken for the real one)."""
-    return _folder(data_folder(config), "prepared" if config["data"][ROOT_OF[dataset]] else "synth-prepared",
-                   dataset)
-
-
-def pretrain_folder(run):
-    """A pretraining run's folder, relative to the preset's."""
-    return f"pretrain/{run}"
+    return _folder(data_folder(config), prepared_name(config, dataset))
 
 
 class _Result:
@@ -51,6 +49,17 @@ class _Result:
     @property
     def log(self):
         return f"logs/{self.folder}.log"
+
+
+class Pretraining(_Result, namedtuple("Pretraining", "run")):
+    """A pretraining run: its folder of run files (flatmix.pretrain.RUN_FILES), the checkpoint its
+    consumers read."""
+    __slots__ = ()
+    FILE = "checkpoint.pth"
+
+    @property
+    def folder(self):
+        return f"pretrain/{self.run}"
 
 
 class Probe(_Result, namedtuple("Probe", "run")):

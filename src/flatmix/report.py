@@ -24,7 +24,7 @@ import matplotlib
 from flatmix import atomic, provenance
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
-from flatmix.layout import Detection, Flatness, Probe, preset_folder, pretrain_folder
+from flatmix.layout import Detection, Flatness, Pretraining, Probe, preset_folder
 from flatmix.tables import Tables
 from flatmix.workflow_config import load_config
 
@@ -174,9 +174,10 @@ def result_files(cell):
     if isinstance(cell.result, Detection):  # the fine-tuning's mmdetection config
         files += [("detector config", cell.result.config)]
     if cell.run:
-        run = pretrain_folder(cell.run)
-        files += [("pretraining summary", f"{run}/summary.json"), ("pretraining metrics", f"{run}/metrics.jsonl"),
-                  ("pretraining config", f"{run}/config.yaml"), ("pretraining log", f"logs/{run}.log")]
+        run = Pretraining(cell.run)
+        files += [("pretraining summary", f"{run.folder}/summary.json"),
+                  ("pretraining metrics", f"{run.folder}/metrics.jsonl"),
+                  ("pretraining config", f"{run.folder}/config.yaml"), ("pretraining log", run.log)]
     return files
 
 
@@ -198,8 +199,9 @@ def _provenance_entry(cell, results, out):
                                                       "config", "processes", "device", "wall_time_s") if k in metrics},
              "provenance": flat_provenance(metrics.get("provenance")), "pretrain": None, "run_config": None}
     if cell.run:
-        config = results.root / pretrain_folder(cell.run) / "config.yaml"
-        entry["pretrain"] = results.read(f"{pretrain_folder(cell.run)}/summary.json")
+        folder = Pretraining(cell.run).folder
+        config = results.root / folder / "config.yaml"
+        entry["pretrain"] = results.read(f"{folder}/summary.json")
         entry["run_config"] = config.read_text() if config.is_file() else None
     entry["pretrain_provenance"] = flat_provenance((entry["pretrain"] or {}).get("provenance"))
     return entry
@@ -273,7 +275,7 @@ def pretrain_curve(results, run):
     """{epoch: (mean loss, mean contrastive top-1)} of a pretraining run's metrics.jsonl (a line per
     logged step; epochs counted from 1)."""
     by_epoch = {}
-    for record in results.lines(f"{pretrain_folder(run)}/metrics.jsonl"):
+    for record in results.lines(f"{Pretraining(run).folder}/metrics.jsonl"):
         by_epoch.setdefault(record["epoch"] + 1, []).append(record)
     return {ep: tuple(_mean(r.get(k) for r in rs) for k in ("loss", "acc1")) for ep, rs in by_epoch.items()}
 

@@ -17,7 +17,7 @@ from flatmix.errors import FlatmixError
 from flatmix import launch, layout
 from flatmix.experiments import Experiments
 from flatmix.launch import launcher
-from flatmix.layout import Detection, Flatness, Probe
+from flatmix.layout import Detection, Flatness, Pretraining, Probe
 
 RESULTS = layout.preset_folder(config)
 DATA = layout.data_folder(config)
@@ -82,7 +82,7 @@ def results(path):
 
 def prepared_name(dataset):
     """A data set's folder under DATA (flatmix.layout), shared by the presets."""
-    return layout.prepared_folder(config, dataset).removeprefix(f"{DATA}/")
+    return layout.prepared_name(config, dataset)
 
 
 def prepared(dataset):
@@ -104,7 +104,7 @@ def data_root(key):
 
 
 def pretrained(run):
-    return results(f"{layout.pretrain_folder(run)}/checkpoint.pth")
+    return results(Pretraining(run).path)
 
 
 def run_shape(run):

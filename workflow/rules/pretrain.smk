@@ -17,6 +17,6 @@ rule pretrain:
     resources:
         **pretrain_resources(),
     log:
-        results(f"logs/{layout.pretrain_folder('{run}')}.log"),
+        results(Pretraining("{run}").log),
     shell:
         "{params.launcher} pretrain {params.settings:q} --out {params.out:q} 2> {log:q}"
