@@ -1,10 +1,14 @@
-"""A real one-node SLURM cluster on this machine for the tests: Debian's slurmctld, slurmd and munge,
-two fake GPUs for scheduling (gres with plain files), no accounting.
+"""A real SLURM cluster on this machine for the tests: Debian's slurmctld, two slurmd (nodes n1 and n2, each
+on its own port, both addressed at 127.0.0.1) and munge, two fake GPUs per node for scheduling (gres with
+plain files), no accounting. Partition `test` (the default) is n1 alone; partition `pair` is both nodes,
+for multi-node jobs.
 
 `SlurmCluster.start()` installs the packages when missing (as root), writes the config (state, logs and
 the fake GPU files in a temporary folder; slurm.conf and gres.conf where every client looks, /etc/slurm,
-as jobs do not keep SLURM_CONF), starts the daemons and waits for the node; `stop()` ends them by pid. Where the daemons cannot start, `start()` raises ClusterUnavailable with the
-reason, and the tests skip with it.
+as jobs do not keep SLURM_CONF), starts the daemons and waits for the nodes; `stop()` ends them by pid.
+Where the daemons cannot start, `start()` raises ClusterUnavailable with the reason, and the tests skip
+with it. Both nodes are this machine: a job's `hostname` is its own, which resolves here, so no system
+file is touched.
 """
 
 import os
@@ -44,14 +48,13 @@ ClusterName=flatmix-test
 SlurmctldHost={host}
 SlurmUser=root
 SlurmctldPort=6817
-SlurmdPort=6818
 AuthType=auth/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
 SelectType=select/cons_tres
@@ -67,9 +70,14 @@ JobAcctGatherType=jobacct_gather/none
 MinJobAge=86400
 KillWait=30
 SchedulerType=sched/backfill
-NodeName={host} CPUs={cpus} RealMemory={memory} Gres=gpu:2 State=UNKNOWN
-PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=test Nodes={first} Default=YES MaxTime=INFINITE State=UP
+PartitionName=pair Nodes={all} MaxTime=INFINITE State=UP
 """
+
+
+NODES = {"n1": 17001, "n2": 17002}  # node name: its slurmd's port
+GPUS_PER_NODE = 2
 
 
 class SlurmCluster:
@@ -84,27 +92,35 @@ class SlurmCluster:
         _install()
         self._start_munge()
         (self.root / "state").mkdir(parents=True, exist_ok=True)
-        (self.root / "spool").mkdir(exist_ok=True)
-        gpus = [self.root / f"fake-gpu{i}" for i in range(2)]
-        for g in gpus:
+        for name in NODES:
+            (self.root / f"spool-{name}").mkdir(exist_ok=True)
+        gpus = {name: [self.root / f"fake-gpu-{name}-{i}" for i in range(GPUS_PER_NODE)] for name in NODES}
+        for g in (g for files in gpus.values() for g in files):
             g.touch()
+        # both nodes offer the whole machine: SLURM schedules them as two, the tests never fill both
         memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
+        nodes = "\n".join(f"NodeName={name} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={port} "
+                          f"CPUs={os.cpu_count()} RealMemory={memory} Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
+                          for name, port in NODES.items())
         if self.conf.exists() and "flatmix's tests" not in self.conf.read_text():
             raise ClusterUnavailable(f"{self.conf} belongs to a real cluster; not overwriting it")
         self.conf.parent.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, cpus=os.cpu_count(), memory=memory))
+        self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, nodes=nodes, first=next(iter(NODES)),
+                                               all=",".join(NODES)))
         (self.conf.parent / "gres.conf").write_text(
-            "AutoDetect=off\n" + "".join(f"Name=gpu File={g}\n" for g in gpus))
+            "AutoDetect=off\n" + "".join(f"NodeName={name} Name=gpu File={g}\n"
+                                         for name, files in gpus.items() for g in files))
         _run("slurmctld", "-f", str(self.conf), env=self.env)
-        _run("slurmd", "-f", str(self.conf), env=self.env)
+        for name in NODES:
+            _run("slurmd", "-f", str(self.conf), "-N", name, env=self.env)
         deadline = time.time() + 60
         while time.time() < deadline:
-            state = _run("sinfo", "-h", "-N", "-o", "%t", check=False, env=self.env).stdout.strip()
-            if state in ("idle", "mix", "alloc"):
+            states = _run("sinfo", "-h", "-N", "-p", "pair", "-o", "%N %t", check=False, env=self.env).stdout.split()
+            if len(states) == 2 * len(NODES) and all(t in ("idle", "mix", "alloc") for t in states[1::2]):
                 return self
             time.sleep(1)
         self.stop()
-        raise ClusterUnavailable(f"the node never became idle (state {state!r}); see {self.root}/slurmd.log")
+        raise ClusterUnavailable(f"the nodes never became idle ({' '.join(states)!r}); see {self.root}/slurmd-*.log")
 
     def _start_munge(self):
         if _run("munge", "-n", check=False).returncode == 0:
@@ -117,8 +133,7 @@ class SlurmCluster:
 
     def stop(self):
         """End the daemons this cluster started, by their pid files."""
-        names = ["slurmd", "slurmctld"]
-        pids = [(self.root / f"{n}.pid") for n in names]
+        pids = [self.root / f"slurmd-{name}.pid" for name in NODES] + [self.root / "slurmctld.pid"]
         if self._munge_started:
             pids.append(Path("/run/munge/munged.pid"))
         for pidfile in pids:

@@ -32,7 +32,7 @@ def _expected_launcher(config, preset, dataset):
         return "flatmix pretrain ", None
     shape = config["experiments"][dataset]
     if shape["nodes"] > 1:
-        return "srun --ntasks-per-node=1 ", f"--nproc_per_node={shape['gpus']} "
+        return f"srun --nodes={shape['nodes']} --ntasks={shape['nodes']} ", f"--nproc_per_node={shape['gpus']} "
     return f"torchrun --standalone --nproc_per_node={shape['gpus']} -m flatmix pretrain ", None
 
 
@@ -107,6 +107,8 @@ def test_launcher_is_fixed_text_and_two_integers():
     """The launcher is spliced into the rule's shell unquoted: anything but integers is refused."""
     assert launcher(1) == launcher(0) == "flatmix"
     assert launcher(4) == "torchrun --standalone --nproc_per_node=4 -m flatmix"
-    assert launcher(8, 2).startswith("srun ") and " --nproc_per_node=8 " in launcher(8, 2)
+    assert launcher(8, 2) == ("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1 "
+                              "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
+                              "--rdzv_endpoint=$(hostname):29400 -m flatmix")
     with pytest.raises(ValueError):
         launcher("4; touch PWNED")

@@ -61,6 +61,9 @@ def test_pretrain_under_torchrun(synth_root, tmp_path, preset, loader):
     state = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert state["method"] == preset.split("-")[1]
     assert len(torch.load(tmp_path / "run" / "last.pth", weights_only=True)["rng"]) == 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    digests = summary["parameters_sha256_by_rank"]
+    assert summary["processes"] == 2 and len(digests) == 2 and digests[0] == digests[1]
 
 
 @pytest.fixture(scope="module")

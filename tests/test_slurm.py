@@ -1,7 +1,10 @@
-"""The DAG on a real one-node SLURM cluster (Debian's slurmctld, slurmd and munge; two fake GPUs) through
-the slurm-apptainer profile, every rule in a SLURM job inside the image built from containers/Dockerfile
-(podman standing in for Apptainer): the smoke DAG to its report, GPU jobs asking for a GPU, and one
-pretraining job requeued while it runs, which resumes from its last checkpoint."""
+"""The DAG on a real SLURM cluster on this machine (Debian's slurmctld, two slurmd and munge; fake GPUs;
+tests/slurm_cluster.py):
+- through the slurm-apptainer profile, every rule in a SLURM job inside the image built from
+  containers/Dockerfile (podman standing in for Apptainer): the smoke DAG to its report, GPU jobs asking for
+  a GPU, and one pretraining job requeued while it runs, which resumes from its last checkpoint;
+- through the slurm profile, one pretraining run on two nodes (one torchrun per node, started by srun),
+  requeued while it runs."""
 
 import json
 from pathlib import Path
@@ -33,12 +36,63 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-def slurm_snakemake(cwd, *args):
-    """snakemake with the slurm-apptainer profile, as a user on a cluster without accounting would run it."""
+def slurm_snakemake(cwd, *args, profile="slurm-apptainer"):
+    """snakemake with a slurm profile, as a user on a cluster without accounting would run it; status queries
+    from 5 s after a submission (the executor's default, 40 s, growing by 10 s at each query that finds no
+    job finished, is for a busy cluster's controller, and would leave these short jobs' results unseen for
+    up to a minute)."""
     return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(cwd),
-            "--profile", str(REPO / "workflow" / "profiles" / "slurm-apptainer"),
+            "--profile", str(REPO / "workflow" / "profiles" / profile),
             "--slurm-no-account", "--slurm-status-command", "squeue", "--seconds-between-status-checks", "5",
-            *args]
+            "--slurm-init-seconds-before-status-checks", "5", *args]
+
+
+def run_until_requeued(cluster, command, env, cwd, run, before):
+    """Start snakemake; once `run`'s pretraining has written last.pth (its first epoch is done), requeue
+    its job, which is running its second; then let snakemake finish. (output, requeued job id)"""
+    snakemake = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 cwd=cwd)
+    folder = cwd / "results" / "smoke" / "pretrain" / run
+    try:
+        deadline = time.time() + 1800
+        while not (folder / "last.pth").exists():
+            if snakemake.poll() is not None:
+                pytest.fail(f"snakemake ended before {run}'s pretraining wrote last.pth:\n"
+                            f"{snakemake.stdout.read()[-4000:]}")
+            assert time.time() < deadline, f"{run}'s pretraining never wrote last.pth"
+            time.sleep(1)
+        job = next(j for j in cluster.jobs() if j["JobId"] not in before and _rule(j) == "pretrain"
+                   and j.get("Comment", "").endswith(f"_wildcards_{run}"))
+        assert job["JobState"] == "RUNNING", job
+        subprocess.run(["scontrol", "requeue", job["JobId"]], check=True, env=cluster.env)
+        # SLURM holds a requeued job back for a while (Reason=BeginTime); once the old one has ended, let
+        # it start again at once rather than wait out that hold
+        while cluster.job(job["JobId"])["JobState"] != "PENDING":
+            assert time.time() < deadline, f"{run}'s requeued job never returned to the queue"
+            time.sleep(1)
+        subprocess.run(["scontrol", "update", f"JobId={job['JobId']}", "StartTime=now"], check=True, env=cluster.env)
+        output, _ = snakemake.communicate(timeout=3000)
+    finally:
+        if snakemake.poll() is None:
+            snakemake.kill()
+    assert snakemake.returncode == 0, output[-4000:]
+    return output, job["JobId"]
+
+
+def assert_resumed_mid_epoch_and_trained_each_step_once(work, run):
+    """The requeued job's SIGTERM reached flatmix, which saved last.pth mid-epoch; the requeued job continued
+    from there, and every step of both epochs trained once."""
+    folder = work / "results" / "smoke" / "pretrain" / run
+    log = (work / "results" / "smoke" / "logs" / "pretrain" / f"{run}.log").read_text()
+    resumed = re.search(r"^pretrain: continuing from \S+last\.pth at epoch 2 step (\d+)$", log, re.M)
+    assert resumed and int(resumed.group(1)) > 0, log[-2000:]
+    checkpoint = torch.load(folder / "checkpoint.pth", weights_only=True)
+    assert checkpoint["format"] == "flatmix-pretrain/1" and checkpoint["config"]["train"]["epochs"] == 2
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = max(s["step"] for s in steps if s["epoch"] == 0)
+    for epoch in (0, 1):
+        assert [s["step"] for s in steps if s["epoch"] == epoch] == list(range(1, per_epoch + 1))
+    return json.loads((folder / "summary.json").read_text())
 
 
 def _rule(job):
@@ -63,24 +117,9 @@ def test_smoke_dag_in_the_image_through_slurm_with_a_requeued_pretraining(cluste
     config.write_text(yaml.safe_dump({"container": {"image": str(sif)}}))
     work = tmp_path / "work"
     work.mkdir()
-    requeued = work / "results" / "smoke" / "pretrain" / "smoke-moco"
     before = {j["JobId"] for j in cluster.jobs()}
-    snakemake = subprocess.Popen(slurm_snakemake(work, "--configfile", str(config)), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, env=env, cwd=work)
-    try:
-        deadline = time.time() + 1800
-        while not (requeued / "last.pth").exists():  # its first epoch is done: requeue during the second
-            assert snakemake.poll() is None and time.time() < deadline, "smoke-moco's pretraining never wrote last.pth"
-            time.sleep(1)
-        job = next(j for j in cluster.jobs() if j["JobId"] not in before and _rule(j) == "pretrain"
-                   and j.get("Comment", "").endswith("_wildcards_smoke-moco"))
-        assert job["JobState"] == "RUNNING", job
-        subprocess.run(["scontrol", "requeue", job["JobId"]], check=True, env=cluster.env)
-        output, _ = snakemake.communicate(timeout=3000)
-    finally:
-        if snakemake.poll() is None:
-            snakemake.kill()
-    assert snakemake.returncode == 0, output[-4000:]
+    _, requeued = run_until_requeued(cluster, slurm_snakemake(work, "--configfile", str(config)), env, work,
+                                     "smoke-moco", before)
     assert (work / "results" / "smoke" / "report" / "report.html").is_file()
 
     # every rule ran in a SLURM job, and GPU jobs, and only they, asked for a GPU
@@ -93,7 +132,7 @@ def test_smoke_dag_in_the_image_through_slurm_with_a_requeued_pretraining(cluste
         assert j["JobState"] == "COMPLETED", j
         assert _gpus(j) == (_rule(j) in ("pretrain", "detect")), j
     # ... inside the image: one `apptainer exec` per job and start, and each result made by the image's flatmix
-    restarts = int(cluster.job(job["JobId"])["Restarts"])
+    restarts = int(cluster.job(requeued)["Restarts"])
     calls = [line for line in (fake_bin / "apptainer.log").read_text().splitlines() if line.startswith("exec")]
     assert len(calls) == len(jobs) + restarts and all(str(sif) in c.split() for c in calls)
     records = [json.loads(f.read_text()) for f in (work / "results").rglob("*.json")]
@@ -106,15 +145,37 @@ def test_smoke_dag_in_the_image_through_slurm_with_a_requeued_pretraining(cluste
                           "metrics.json").read_text())
     assert metrics["device"] == "cpu"  # no CUDA behind the fake GPUs
 
-    # the requeued job's SIGTERM reached flatmix inside the container, which saved last.pth mid-epoch; the
-    # requeued job continued from there: every step trained once
+    # the requeued job's SIGTERM reached flatmix inside the container
     assert restarts >= 1
-    log = (work / "results" / "smoke" / "logs" / "pretrain" / "smoke-moco.log").read_text()
-    resumed = re.search(r"^pretrain: continuing from \S+last\.pth at epoch 2 step (\d+)$", log, re.M)
-    assert resumed and int(resumed.group(1)) > 0, log[-2000:]
-    checkpoint = torch.load(requeued / "checkpoint.pth", weights_only=True)
-    assert checkpoint["format"] == "flatmix-pretrain/1" and checkpoint["config"]["train"]["epochs"] == 2
-    steps = [json.loads(line) for line in (requeued / "metrics.jsonl").read_text().splitlines()]
-    per_epoch = max(s["step"] for s in steps if s["epoch"] == 0)
-    for epoch in (0, 1):
-        assert [s["step"] for s in steps if s["epoch"] == epoch] == list(range(1, per_epoch + 1))
+    assert_resumed_mid_epoch_and_trained_each_step_once(work, "smoke-moco")
+
+
+@pytest.mark.slow
+def test_a_two_node_pretraining_through_the_slurm_profile_resumes_after_a_requeue(cluster, tmp_path):
+    """A user trying the multi-node launch: smoke.pretrain.nodes 2 on the two-node partition, one target.
+    One SLURM job on both nodes runs one torchrun per node, which meet at the first; two processes train and
+    end with equal weights; the job, requeued mid-run, resumes from last.pth."""
+    config = tmp_path / "two-nodes.yaml"
+    # both nodes are this machine: SLURM binds a job's tasks to the cores it allocated on each node, which
+    # would be the same core on both; two per node gives each rank the machine's two
+    slurm = {"partition": "pair", "resources": {"smoke": {"pretrain": {"cpus_per_gpu": 2}}}}
+    config.write_text(yaml.safe_dump({"slurm": slurm, "smoke": {"pretrain": {"nodes": 2}}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    target = "results/smoke/pretrain/smoke-moco/checkpoint.pth"
+    before = {j["JobId"] for j in cluster.jobs()}
+    output, requeued = run_until_requeued(
+        cluster, slurm_snakemake(work, target, "--configfile", str(config), profile="slurm"), cluster.env, work,
+        "smoke-moco", before)
+    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in output and " torchrun --nnodes=2 " in output
+
+    job = cluster.job(requeued)
+    assert (job["JobState"], job["NumNodes"], job["Partition"]) == ("COMPLETED", "2", "pair"), job
+    assert job["NodeList"] == "n[1-2]" and int(job["Restarts"]) >= 1, job
+    others = [j for j in cluster.jobs() if j["JobId"] not in before and j["JobId"] != requeued]
+    assert {_rule(j) for j in others} == {"synth", "prepare_imagenet"} and all(j["NumNodes"] == "1" for j in others)
+    summary = assert_resumed_mid_epoch_and_trained_each_step_once(work, "smoke-moco")
+    assert summary["processes"] == 2
+    digests = summary["parameters_sha256_by_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert summary["provenance"]["hardware"]["slurm_job"]

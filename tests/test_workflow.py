@@ -97,10 +97,50 @@ def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
     commands = [line for line in result.stdout.splitlines() if line.startswith("Shell command:")]
     pretrain = [c for c in commands if " pretrain " in c]
     assert len(pretrain) == 4 and all(
-        "srun --ntasks-per-node=1" in c and "torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=8" in c
-        for c in pretrain)
+        "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 " in c
+        and "torchrun --nnodes=2 --nproc_per_node=8 " in c
+        and "--rdzv_endpoint=$(hostname):29400 -m flatmix pretrain " in c for c in pretrain)
     assert all("torchrun --standalone --nproc_per_node=4 -m flatmix linear" in c for c in commands if " linear " in c)
     assert all(c.split()[2] == "flatmix" for c in commands if " convert " in c)
+
+
+def test_the_smoke_runs_take_their_shape_from_config(tmp_path):
+    """smoke.pretrain (one process by default) shapes the smoke runs, to try a cluster's multi-GPU or
+    multi-node launch in minutes."""
+    config = _config_with(tmp_path, **{"smoke.pretrain": {"gpus": 2, "nodes": 2}})
+    result = snakemake("-n", "-p", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pretrain = [line for line in result.stdout.splitlines()
+                if line.startswith("Shell command:") and " pretrain " in line]
+    assert len(pretrain) == 4 and all("srun --nodes=2 " in c and " --nproc_per_node=2 " in c for c in pretrain)
+    # the SLURM request: both GPUs on each of 2 nodes, one task per node, the rule's own srun (`mpi`)
+    requests = [line for line in result.stdout.splitlines() if "gres=gpu:" in line]
+    assert len(requests) == 4 and all(
+        "gres=gpu:2, nodes=2, mpi=srun, tasks=2, tasks_per_gpu=0, cpus_per_gpu=1" in r for r in requests)
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"smoke.pretrain": {"gpus": 3, "nodes": 1}},
+     "smoke.pretrain: 3 GPUs x 1 nodes = 3 processes do not divide smoke-moco's batch of 16"),
+    ({"preset": "in1k", "data.imagenet": "/data/imagenet", "experiments.imagenet1k.gpus": 6},
+     "experiments.imagenet1k: 6 GPUs x 1 nodes = 6 processes do not divide in1k-moco-resnet50"),
+])
+def test_processes_that_do_not_divide_a_batch_are_refused_before_any_job(tmp_path, changes, fragment):
+    result = snakemake("-n", "--configfile", str(_config_with(tmp_path, **changes)), cwd=tmp_path)
+    error = [line for line in result.stderr.splitlines() if line.startswith("flatmix: error:")]
+    assert result.returncode != 0 and len(error) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert fragment in error[0]
+    plan = run_flatmix("plan", "--commands", "--config", _config_with(tmp_path, **changes))
+    assert plan.returncode != 0 and plan.stderr.startswith("flatmix: error: ") and fragment in plan.stderr
+
+
+def test_a_multi_node_run_inside_the_image_is_refused(tmp_path):
+    """Under --sdm apptainer the rule's srun would run inside the image, which has no SLURM client."""
+    config = _config_with(tmp_path, **{"smoke.pretrain": {"gpus": 1, "nodes": 2}})
+    result = snakemake("-n", "--sdm", "apptainer", "--configfile", str(config), cwd=tmp_path)
+    error = [line for line in result.stderr.splitlines() if line.startswith("flatmix: error:")]
+    assert result.returncode != 0 and len(error) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "smoke-cmc runs on 2 nodes" in error[0] and "slurm profile" in error[0]
 
 
 @pytest.mark.parametrize("preset,roots,missing", [

@@ -8,32 +8,47 @@ One home for what the workflow's pretrain rule runs (workflow/rules/common.smk) 
 import shlex
 
 from flatmix import layout
+from flatmix.errors import FlatmixError
 from flatmix.runconfig import set_args
 
+RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d; the README asks clusters to open it between nodes
 
-def run_shape(experiments, run):
-    """(GPUs per node, nodes) of a pretraining run: from config per data set; smoke runs take one GPU."""
+
+def run_shape(experiments, run, spec):
+    """(GPUs per node, nodes) of a pretraining run (`spec`, its settings): config
+    `experiments.DATASET.gpus/nodes`, or for the smoke runs `smoke.pretrain`. Refused when the processes do
+    not divide the run's global batch, before any job is submitted."""
     if experiments.smoke:
-        return 1, 1
-    c = experiments.config["experiments"][experiments.dataset_of(run)]
-    return c["gpus"], c["nodes"]
+        key, shape = "smoke.pretrain", experiments.config["smoke"]["pretrain"]
+    else:
+        dataset = experiments.dataset_of(run)
+        key, shape = f"experiments.{dataset}", experiments.config["experiments"][dataset]
+    gpus, nodes = shape["gpus"], shape["nodes"]
+    batch = spec["train"]["batch_size"]
+    if batch % (gpus * nodes):
+        raise FlatmixError(f"{key}: {gpus} GPUs x {nodes} nodes = {gpus * nodes} processes do not divide "
+                           f"{run}'s batch of {batch}")
+    return gpus, nodes
 
 
 def launcher(gpus, nodes=1):
     """`flatmix` (no GPU or one), or flatmix under torchrun with one process per GPU; on several nodes, one
-    torchrun per node started by srun, meeting at the job's first node.
+    torchrun per node started by srun, meeting at the node whose shell runs this line (c10d rendezvous on
+    port RENDEZVOUS_PORT of its hostname).
 
-    The one shell fragment the rules splice unquoted, as its `$SLURM_*` and `$(scontrol ...)` are for the
-    job's shell: fixed text and two integers (GPUs, nodes; the schema checks both), no path or string
-    from config."""
+    For several nodes the line must run in the job's own shell (the pretrain rule's SLURM request makes it
+    so), not in a step of it, where srun would see only that step's node. srun and torchrun are given the
+    counts themselves, as the SLURM executor trims the job's SLURM_* variables. The one shell fragment the
+    rules splice unquoted, as its `$SLURM_JOB_ID` and `$(hostname)` are for the job's shell: fixed text and
+    two integers (GPUs, nodes; the schema checks both), no path or string from config."""
     gpus, nodes = int(gpus), int(nodes)
     if gpus * nodes <= 1:
         return "flatmix"
     if nodes == 1:
         return f"torchrun --standalone --nproc_per_node={gpus} -m flatmix"
-    return ("srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=$SLURM_JOB_NUM_NODES"
-            f" --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d"
-            ' --rdzv_endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29400 -m flatmix')
+    return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
+            f" torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d"
+            f" --rdzv_endpoint=$(hostname):{RENDEZVOUS_PORT} -m flatmix")
 
 
 def pretrain_settings(spec, data):
@@ -48,4 +63,4 @@ def pretrain_command(experiments, run, spec):
     config = experiments.config
     settings = pretrain_settings(spec, layout.prepared_folder(config, experiments.dataset_of(run)))
     out = f"{layout.preset_folder(config, experiments.preset)}/{layout.Pretraining(run).folder}"
-    return f"{launcher(*run_shape(experiments, run))} pretrain {shlex.join(settings)} --out {shlex.quote(out)}"
+    return f"{launcher(*run_shape(experiments, run, spec))} pretrain {shlex.join(settings)} --out {shlex.quote(out)}"

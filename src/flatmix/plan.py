@@ -124,7 +124,7 @@ class Plan:
         lines = []
         for run, spec in e.pretrain_runs().items():
             parts = ", ".join(part for part, runs in needs.items() if run in runs)
-            nodes = run_shape(e, run)[1]
+            nodes = run_shape(e, run, spec)[1]
             lines.append(f"{pretrain_command(e, run, spec)}  # {'stands in for ' if e.smoke else ''}"
                          f"{parts}{f' (srun: inside a SLURM job of {nodes} nodes)' if nodes > 1 else ''}")
         return lines

@@ -9,6 +9,7 @@ command resumes from it by itself. SIGTERM or SIGUSR1 (SLURM pre-emption) saves 
 with status 143, so that a requeued job continues. DIR/checkpoint.pth is written once, at the end.
 """
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -331,12 +332,26 @@ def _train(cfg, out, env, force):
         if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
             checkpoint.save(epoch, 0)
     progress.close()
+    weights = env.gather(_parameters_sha256(model))
+    if len(set(weights)) > 1:
+        raise FlatmixError(f"the {env.world} processes ended with different weights (sha256 {', '.join(weights)}); "
+                           "checkpoint.pth is not written")
     result = {"epochs": t["epochs"], "final_loss": checkpoint.loss, "processes": env.world,
+              "parameters_sha256_by_rank": weights,
               "device": str(env.device), "wall_time_s": round(checkpoint.wall_time_s(), 1)}
     if env.main:
         metrics.close()
         _write_result(cfg, out, model, result)
     return result
+
+
+def _parameters_sha256(model):
+    """sha256 of the model's parameters, in order: the same on every rank when DDP kept them in step (the
+    BN statistics are per rank, as in MoCo's shuffle BN, and are not hashed)."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _train_epoch(cfg, net, optimizer, mixer, batches, epoch, start_step, progress, metrics, checkpoint):

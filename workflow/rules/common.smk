@@ -107,10 +107,25 @@ def pretrained(run):
     return results(Pretraining(run).path)
 
 
+# (GPUs per node, nodes) of each pretraining run (flatmix.launch, shared with `flatmix plan --commands`, as
+# are `launcher` and the settings), checked against each run's batch before any job starts
+try:
+    RUN_SHAPES = {run: launch.run_shape(EXPERIMENTS, run, spec) for run, spec in PRETRAIN_RUNS.items()}
+except FlatmixError as e:
+    sys.exit(f"flatmix: error: {e}")
+
+
 def run_shape(run):
-    """(GPUs per node, nodes) of a pretraining run (flatmix.launch, shared with `flatmix plan --commands`,
-    as are `launcher` and the settings)."""
-    return launch.run_shape(EXPERIMENTS, run)
+    return RUN_SHAPES[run]
+
+
+# A run on several nodes starts its torchruns with srun from the rule's shell, which under --sdm apptainer
+# runs inside the image: the image has no SLURM client, so such a run is refused before any job starts.
+if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
+    if several := sorted(run for run, (_, nodes) in RUN_SHAPES.items() if nodes > 1):
+        sys.exit(f"flatmix: error: {several[0]} runs on {RUN_SHAPES[several[0]][1]} nodes, which starts srun inside "
+                 "the image, and the image has no SLURM client: run multi-node pretraining with the slurm profile "
+                 "(README, \"Run on a SLURM cluster\")")
 
 
 # SLURM requests of this preset's scale (config `slurm.resources`: smoke, or paper for every other preset)
@@ -137,11 +152,17 @@ def rule_gpus(rule):
 
 
 def pretrain_resources():
-    """A pretraining job asks for its run's GPUs on each of its nodes."""
+    """A pretraining job asks for its run's GPUs on each of its nodes. A run on several nodes starts its own
+    srun (flatmix.launch): it is the SLURM executor's `mpi` kind of job, one task per node, whose shell the
+    executor runs in the job itself rather than in a one-node step of it (where srun would see one node).
+    `tasks_per_gpu: 0` keeps the executor from turning `tasks` into --ntasks-per-gpu."""
     r = SLURM_REQUESTS["pretrain"]
     return {
         "gres": lambda wildcards: f"gpu:{run_shape(wildcards.run)[0]}",
         "nodes": lambda wildcards: run_shape(wildcards.run)[1],
+        "mpi": lambda wildcards: "srun" if run_shape(wildcards.run)[1] > 1 else "",
+        "tasks": lambda wildcards: run_shape(wildcards.run)[1],
+        "tasks_per_gpu": 0,
         "cpus_per_gpu": r["cpus_per_gpu"],
         "mem_mb": lambda wildcards: r["mem_mb_per_gpu"] * run_shape(wildcards.run)[0],
         "runtime": r["runtime"],
