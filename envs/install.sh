@@ -28,7 +28,8 @@ if [ "$part" = all ] && [ -f "$venv/.flatmix-env" ] && [ "$(cat "$venv/.flatmix-
   exit 0
 fi
 
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+# made, or made again in place where an interrupted install left a venv without pip
+"$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$python" -m venv "$venv"
 vpy=$venv/bin/python
 
 environment() {
