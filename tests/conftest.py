@@ -25,6 +25,19 @@ def run_flatmix(*args, cwd=None):
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """The suite runs on two pytest-xdist workers (pyproject's addopts), by groups: a module's tests run on
+    one worker, so that its module fixtures are made once, and the modules that need the image (the SLURM
+    tests among them) form one group, so that the image is built and the SLURM cluster started once. The
+    longest groups go first: the image's, then the modules with slow tests."""
+    imaged = {item.module for item in items if "image" in item.fixturenames}
+    slow = {item.module for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("image" if item.module in imaged else item.module.__name__))
+    items.sort(key=lambda item: (item.module not in imaged, item.module not in slow))
+
+
 def assert_one_line_error(result, *fragments):
     """A bad-input failure: non-zero exit, one line on stderr naming the problem, no traceback."""
     assert result.returncode != 0, result
