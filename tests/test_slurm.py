@@ -80,14 +80,12 @@ def run_until_requeued(cluster, command, env, cwd, run, before):
 
 
 def assert_resumed_mid_epoch_and_trained_each_step_once(work, run):
-    """The requeued job's SIGTERM reached flatmix, which saved last.pth mid-epoch and said so in the log; the
-    requeued job continued from there, in the same log, and every step of both epochs trained once."""
+    """The requeued job's SIGTERM reached flatmix, which saved last.pth mid-epoch; the requeued job continued
+    from there, and every step of both epochs trained once."""
     folder = work / "results" / "smoke" / "pretrain" / run
     log = (work / "results" / "smoke" / "logs" / "pretrain" / f"{run}.log").read_text()
     resumed = re.search(r"^pretrain: continuing from \S+last\.pth at epoch 2 step (\d+)$", log, re.M)
     assert resumed and int(resumed.group(1)) > 0, log[-2000:]
-    stopped = re.search(r"^pretrain: stopped by a signal; \S+last\.pth holds ", log, re.M)  # the log appended to
-    assert stopped and stopped.start() < resumed.start(), log[-4000:]
     checkpoint = torch.load(folder / "checkpoint.pth", weights_only=True)
     assert checkpoint["format"] == "flatmix-pretrain/1" and checkpoint["config"]["train"]["epochs"] == 2
     steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

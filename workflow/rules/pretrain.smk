@@ -1,7 +1,6 @@
 # Pretraining: one run per name of the preset (flatmix.experiments builds each from config), on the
 # prepared ImageNet-100 or ImageNet-1K. Several GPUs: torchrun in the job (srun + torchrun on several
-# nodes). A requeued or restarted job resumes from the run's last.pth, and appends to the log, which so
-# keeps the stopped attempt's lines.
+# nodes). A requeued or restarted job resumes from the run's last.pth.
 
 
 rule pretrain:
@@ -20,4 +19,4 @@ rule pretrain:
     log:
         results(Pretraining("{run}").log),
     shell:
-        "{params.launcher} pretrain {params.settings:q} --out {params.out:q} 2>> {log:q}"
+        "{params.launcher} pretrain {params.settings:q} --out {params.out:q} 2> {log:q}"
