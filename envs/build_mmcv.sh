@@ -24,7 +24,7 @@ tar -xzf "$work/mmcv-$version.tar.gz" -C "$work"
 src="$work/mmcv-$version"
 sed -i -E "s/^( +extra_compile_args\['cxx'\] = \['-std=c\+\+1[47]')\]/\1, '-g0']/" "$src/setup.py"
 sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/setup.py"
-grep -q "'-std=c++20', '-g0'" "$src/setup.py" || { echo "build_mmcv: no -std flag to patch in $src/setup.py" >&2; exit 1; }
+grep -q "'-std=c++20', '-g0'" "$src/setup.py" || { echo "build_mmcv: no cxx -std flag to patch (to C++20 and -g0) in $src/setup.py" >&2; exit 1; }
 
 # A CUDA_HOME from PyPI: the compiler wheels, with the headers and libraries of the torch wheels' own CUDA
 # (nvidia/cu13) linked in beside them, unversioned .so names and lib64 as CUDA's installers make them.
