@@ -33,7 +33,7 @@ def _expected_launcher(config, preset, dataset):
     shape = config["experiments"][dataset]
     if shape["nodes"] > 1:
         return f"srun --nodes={shape['nodes']} --ntasks={shape['nodes']} ", f"--nproc_per_node={shape['gpus']} "
-    return f"torchrun --standalone --nproc_per_node={shape['gpus']} -m flatmix pretrain ", None
+    return f"flatmix-torchrun --standalone --nproc_per_node={shape['gpus']} -m flatmix pretrain ", None
 
 
 @pytest.mark.parametrize("preset", ["smoke", "paper"])
@@ -106,9 +106,9 @@ def test_probe_cost_counts_validation_after_every_epoch():
 def test_launcher_is_fixed_text_and_two_integers():
     """The launcher is spliced into the rule's shell unquoted: anything but integers is refused."""
     assert launcher(1) == launcher(0) == "flatmix"
-    assert launcher(4) == "torchrun --standalone --nproc_per_node=4 -m flatmix"
+    assert launcher(4) == "flatmix-torchrun --standalone --nproc_per_node=4 -m flatmix"
     assert launcher(8, 2) == ("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --kill-on-bad-exit=1 "
-                              "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
+                              "flatmix-torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
                               "--rdzv_endpoint=$(hostname):29400 -m flatmix")
     with pytest.raises(ValueError):
         launcher("4; touch PWNED")

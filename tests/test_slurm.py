@@ -167,7 +167,7 @@ def test_a_two_node_pretraining_through_the_slurm_profile_resumes_after_a_requeu
     output, requeued = run_until_requeued(
         cluster, slurm_snakemake(work, target, "--configfile", str(config), profile="slurm"), cluster.env, work,
         "smoke-moco", before)
-    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in output and " torchrun --nnodes=2 " in output
+    assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in output and " flatmix-torchrun --nnodes=2 " in output
 
     job = cluster.job(requeued)
     assert (job["JobState"], job["NumNodes"], job["Partition"]) == ("COMPLETED", "2", "pair"), job

@@ -98,9 +98,9 @@ def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
     pretrain = [c for c in commands if " pretrain " in c]
     assert len(pretrain) == 4 and all(
         "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 " in c
-        and "torchrun --nnodes=2 --nproc_per_node=8 " in c
+        and "flatmix-torchrun --nnodes=2 --nproc_per_node=8 " in c
         and "--rdzv_endpoint=$(hostname):29400 -m flatmix pretrain " in c for c in pretrain)
-    assert all("torchrun --standalone --nproc_per_node=4 -m flatmix linear" in c for c in commands if " linear " in c)
+    assert all("flatmix-torchrun --standalone --nproc_per_node=4 -m flatmix linear" in c for c in commands if " linear " in c)
     assert all(c.split()[2] == "flatmix" for c in commands if " convert " in c)
 
 

@@ -34,7 +34,8 @@ def run_shape(experiments, run, spec):
 def launcher(gpus, nodes=1):
     """`flatmix` (no GPU or one), or flatmix under torchrun with one process per GPU; on several nodes, one
     torchrun per node started by srun, meeting at the node whose shell runs this line (c10d rendezvous on
-    port RENDEZVOUS_PORT of its hostname).
+    port RENDEZVOUS_PORT of its hostname). torchrun as flatmix-torchrun (flatmix.torchrun), which exits 143
+    when a stop signal ended the run.
 
     For several nodes the line must run in the job's own shell (the pretrain rule's SLURM request makes it
     so), not in a step of it, where srun would see only that step's node. srun and torchrun are given the
@@ -45,9 +46,9 @@ def launcher(gpus, nodes=1):
     if gpus * nodes <= 1:
         return "flatmix"
     if nodes == 1:
-        return f"torchrun --standalone --nproc_per_node={gpus} -m flatmix"
+        return f"flatmix-torchrun --standalone --nproc_per_node={gpus} -m flatmix"
     return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
-            f" torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d"
+            f" flatmix-torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d"
             f" --rdzv_endpoint=$(hostname):{RENDEZVOUS_PORT} -m flatmix")
 
 

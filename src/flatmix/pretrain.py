@@ -5,8 +5,9 @@ The global batch size and learning rate mean the same whatever the number of pro
 (atomic) holds everything needed to continue exactly: the model with its queue or memory bank, the
 optimizer, the epoch and step, and every process's random states (torch, CUDA, numpy, python, the
 Mixer); data order and augmentations are functions of (seed, epoch, index). A restarted
-command resumes from it by itself. SIGTERM or SIGUSR1 (SLURM pre-emption) saves it mid-epoch and exits
-with status 143, so that a requeued job continues. DIR/checkpoint.pth is written once, at the end.
+command resumes from it by itself. SIGTERM or SIGUSR1 (SLURM pre-emption; flatmix.preemption), to this
+process, its loader workers or torchrun, saves it after the current step and exits with status 143, so
+that a requeued job continues. DIR/checkpoint.pth is written once, at the end.
 """
 
 import hashlib
@@ -14,7 +15,6 @@ import json
 import math
 from pathlib import Path
 import random
-import signal
 import sys
 import time
 
@@ -33,11 +33,11 @@ from flatmix.mixture import Mixer
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
 from flatmix.models.resnet import ARCHS
+from flatmix.preemption import PREEMPTED_EXIT, StopFlag
 from flatmix.presets import SCHEMA
 from flatmix.progress import Progress, Window
 from flatmix.runconfig import flatten
 
-PREEMPTED_EXIT = 143
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "checkpoint.pth", "summary.json")  # all a run writes
 CHECKPOINT_FORMAT = "flatmix-pretrain/1"
 
@@ -226,29 +226,17 @@ def _trim_metrics(path, epoch, step):
     atomic.write_text(path, "".join(kept))
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGUSR1: the loop saves last.pth after the current step and exits."""
-
-    def __init__(self):
-        self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-
 class _LastCheckpoint:
     """DIR/last.pth, which a restarted command continues from: written after an epoch, and where a signal
     (SIGTERM, SIGUSR1) stops the loop, before exiting with PREEMPTED_EXIT so that a requeued job continues.
     Every rank saves together: each gives its random states (env.gather), and all wait for the write
     (env.barrier)."""
 
-    def __init__(self, path, cfg, model, optimizer, mixer, env, loss, earlier_s):
+    def __init__(self, path, cfg, model, optimizer, mixer, env, loss, earlier_s, signalled):
         self.path, self.cfg, self.model, self.optimizer, self.mixer, self.env = path, cfg, model, optimizer, mixer, env
         self.loss = loss  # the last logged loss, which last.pth and the result report
         self.earlier_s, self.started = earlier_s, time.time()
-        self.signalled = _StopFlag()
+        self.signalled = signalled
 
     def stop_requested(self):
         """Whether any rank got a stop signal (a collective call: every rank asks at the same point)."""
@@ -278,16 +266,17 @@ class _LastCheckpoint:
 
 def run(cfg, out, force=False):
     """Train according to the resolved config `cfg`, writing into `out`; returns the final metrics."""
+    signalled = StopFlag()  # first: a signal during the start-up is answered after the first step
     _validate(cfg)
     out = Path(out)
     env = Distributed()
     try:
-        return _train(cfg, out, env, force)
+        return _train(cfg, out, env, force, signalled)
     finally:
         env.close()
 
 
-def _train(cfg, out, env, force):
+def _train(cfg, out, env, force, signalled):
     t = cfg["train"]
     if t["batch_size"] % env.world:
         raise FlatmixError(f"train.batch_size {t['batch_size']} is not divisible by {env.world} processes")
@@ -316,7 +305,7 @@ def _train(cfg, out, env, force):
     np.random.seed(cfg["seed"] + env.rank)
     random.seed(cfg["seed"] + env.rank)
     epoch, start_step, loss, earlier_s = _resume(state, last, model, optimizer, mixer, env)
-    checkpoint = _LastCheckpoint(last, cfg, model, optimizer, mixer, env, loss, earlier_s)
+    checkpoint = _LastCheckpoint(last, cfg, model, optimizer, mixer, env, loss, earlier_s, signalled)
     net = env.wrap(model)
     steps = batches.steps_per_epoch()
     progress = Progress("pretrain", t["epochs"] * steps, done=epoch * steps + start_step, unit="pairs",

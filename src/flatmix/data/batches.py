@@ -8,6 +8,9 @@
 Both draw every sample's parameters from the same (seed, epoch, index) seed, in the same order, and pass
 over an image file that does not decode for the same stand-in (flatmix.data.loading.SkipUnreadable);
 `skipped_images()` counts those files.
+
+The workers leave a stop signal to the training process (flatmix.preemption), so that a pre-empted run
+saves after its step instead of losing its loader mid-step.
 """
 
 from contextlib import nullcontext
@@ -18,6 +21,7 @@ import threading
 import torch
 from torch.utils.data import DataLoader
 
+from flatmix import preemption
 from flatmix.data.augment import AugmentedImages, EpochSampler
 from flatmix.data.encoded import EncodedImages, collate, decode
 from flatmix.data.gpu_augment import DeviceRecipe
@@ -42,7 +46,13 @@ class PretrainBatches:
         self.workers, self.device = workers, env.device
         self.loader = DataLoader(self.dataset, batch_size=batch_size // env.world, sampler=self.sampler,
                                  num_workers=self.workers, collate_fn=collate_fn,
-                                 pin_memory=env.device.type == "cuda", drop_last=True)
+                                 pin_memory=env.device.type == "cuda", drop_last=True,
+                                 worker_init_fn=preemption.ignore_in_worker,
+                                 # its workers' base seed, drawn at every epoch's start, from a generator of
+                                 # its own: drawn from the global one, it would shift the stream that shuffle
+                                 # BN's permutations take on a resume mid-epoch (the samples' own draws come
+                                 # from their (seed, epoch, index) seeds)
+                                 generator=torch.Generator().manual_seed(seed))
 
     def __len__(self):
         return len(self.dataset)
@@ -59,7 +69,8 @@ class PretrainBatches:
         """This rank's batches of `epoch` from `start_step` on."""
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, start_step)
-        batches = iter(self.loader)  # here, not in a thread: it draws its base seed from the global RNG
+        with preemption.blocked():  # the workers start, each then ignoring a stop signal
+            batches = iter(self.loader)
         if self.recipe is None:
             return ((*(v.to(self.device, non_blocking=True) for v in views), index.to(self.device))
                     for *views, index in batches)
