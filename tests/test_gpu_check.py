@@ -45,3 +45,23 @@ def test_versions_come_from_the_pinned_files():
     for name in (*gpu_check.CARRIED, "mmcv"):
         assert gpu_check._normalised(name) in pins, name
     assert gpu_check.build_setuptools()
+
+
+def test_install_makes_a_venv_that_sees_a_venvs_torch(tmp_path):
+    """The GPU machine's python3 is itself a venv (its torch in that venv's site-packages): the check's
+    venv, made from it, must still import torch, and this venv's flatmix, from there."""
+    assert sys.prefix != sys.base_prefix  # the suite runs from the project's venv, itself a venv
+    _, ok, _ = gpu_check.make_venv(tmp_path / "venv", tmp_path / "install.log")
+    assert ok, (tmp_path / "install.log").read_text()
+    code = "import torch, flatmix; print(torch.__file__)"
+    result = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import torch
+    assert result.stdout.strip() == torch.__file__
+
+
+def test_a_failed_install_step_prints_why(tmp_path, capsys):
+    label, ok, _ = gpu_check._timed("import check", [sys.executable, "-c", "import no_such_module_here"],
+                                    tmp_path / "install.log")
+    assert not ok
+    assert "No module named 'no_such_module_here'" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from pathlib import Path
 import re
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,7 @@ def _timed(label, argv, log, timeout=None, env=None):
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(map(str, argv))}\n")
         f.flush()
+        begins = f.tell()
         proc = subprocess.Popen(list(map(str, argv)), stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         try:
@@ -112,7 +114,25 @@ def _timed(label, argv, log, timeout=None, env=None):
             ok = False
     seconds = round(time.monotonic() - start, 1)
     print(f"install {label}: {'ok' if ok else 'FAILED'} in {seconds} s", flush=True)
+    if not ok:  # the step's own last lines, so that a failure says why where it is reported
+        with open(log, "rb") as f:
+            f.seek(begins)
+            said = f.read().decode(errors="replace")
+        print("".join(_tail(said or "(it printed nothing)\n")), end="", flush=True)
     return label, ok, seconds
+
+
+def make_venv(venv, log):
+    """A venv over this Python's packages (the machine's torch above all). Where this Python is a venv
+    itself (the GPU machine's /opt/torch/.venv), --system-site-packages gives the new one only its base's
+    packages: a .pth file there adds this Python's own site-packages (editable installs' .pth files too)."""
+    step = _timed("venv", [sys.executable, "-m", "venv", "--system-site-packages", venv], log)
+    if step[1] and sys.prefix != sys.base_prefix:
+        code = "import sys; print(next(p for p in sys.path if p.endswith('site-packages')))"
+        own = subprocess.run([Path(venv) / "bin" / "python", "-c", code], capture_output=True, text=True, check=True)
+        lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages())
+        (Path(own.stdout.strip()) / "_gpu_check_parent_venv.pth").write_text(lines)
+    return step
 
 
 def _cuda_arch(python):
@@ -148,7 +168,7 @@ def install(folder, venv, device, out, with_mmcv=True, build_timeout=None):
     log.parent.mkdir(parents=True, exist_ok=True)
     python = venv / "bin" / "python"
     pip = [python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir", "--quiet"]
-    steps = [_timed("venv", [sys.executable, "-m", "venv", "--system-site-packages", venv], log)]
+    steps = [make_venv(venv, log)]
     carried = [p for p in sorted(wheels.glob("*.whl"))
                if not p.name.startswith(("setuptools-", "mmcv-"))]  # setuptools: mmcv's build only
     steps.append(_timed("wheels", [*pip, *carried], log))
@@ -255,9 +275,9 @@ class Run:
         return self.work / "logs" / f"{stage}.log"
 
     def flatmix(self, *args, torchrun=False):
-        """argv of the real CLI: the console script, or torchrun's `--nproc_per_node=1 -m flatmix` (as
-        `python -m torch.distributed.run`: a venv over the system's torch has no torchrun script)."""
-        head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "flatmix"]
+        """argv of the real CLI: the console script, or under torchrun as the pretrain rule starts it
+        (flatmix-torchrun, `--nproc_per_node=1 -m flatmix`)."""
+        head = ([self.bin / "flatmix-torchrun", "--standalone", "--nproc_per_node=1", "-m", "flatmix"]
                 if torchrun else [self.bin / "flatmix"])
         return [str(a) for a in (*head, *args)]
 
@@ -366,10 +386,11 @@ def stage_data_detection(run):
     return f"VOC and COCO, {s.det_images} images per split, side {s.synth_size}-{4 * s.synth_size}"
 
 
-def _pretrain_args(run, name, method, mixture, epochs, small):
+def _pretrain_args(run, name, method, mixture, epochs, small, workers=None):
     """`flatmix pretrain` of one run: the smoke preset at these sizes, GPU loader, bf16 on CUDA."""
     s = run.sizes
-    sets = [f"data.root={run.work / 'in100'}", "data.loader=gpu", f"data.workers={s.workers}",
+    workers = s.workers if workers is None else workers
+    sets = [f"data.root={run.work / 'in100'}", "data.loader=gpu", f"data.workers={workers}",
             f"data.image_size={s.image_size}", f"train.batch_size={s.batch}", f"train.epochs={epochs}",
             "train.milestones=[]", f"train.precision={s.precision}", f"train.channels_last={run.device == 'cuda'}",
             f"train.log_every={s.log_every}", f"moco.K={s.K}", f"cmc.K={s.K}", *mixture]
@@ -402,12 +423,13 @@ def pretrain_stage(method, level):
 
 
 def stage_pretrain_sigterm_resume(run):
-    """MoCo with both mixtures: SIGTERM to torchrun mid-run (as SLURM pre-emption does), which must
-    leave last.pth mid-way and exit; the same command then resumes to completion, each step logged once."""
+    """MoCo with both mixtures and loader workers: SIGTERM to torchrun's whole process group mid-run (as
+    SLURM pre-emption signals a step), which must leave last.pth mid-way and exit 143; the same command then
+    resumes to completion, each step logged once."""
     import torch
     name, epochs = "pretrain-sigterm-resume", 2
     folder = run.work / "pretrain" / name
-    argv = _pretrain_args(run, name, "moco", GLOBAL_MIX + REGION_MIX, epochs, True)
+    argv = _pretrain_args(run, name, "moco", GLOBAL_MIX + REGION_MIX, epochs, True, max(run.sizes.workers, 2))
     proc = run.start(name, argv)
     metrics = folder / "metrics.jsonl"
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -417,8 +439,10 @@ def stage_pretrain_sigterm_resume(run):
             run.stop(proc)
             raise StageFailed("out of time (--deadline-s)")
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, loader workers too, as SLURM signals a step
     status = proc.wait(timeout=max(1.0, run.remaining()))
+    if status != 143:
+        raise StageFailed(f"SIGTERM ended the run with status {status}, not 143")
     try:
         run.finish(name, proc)  # its output into the log; a pre-empted run exits non-zero
     except StageFailed:
