@@ -32,8 +32,9 @@ _STOPPED_BY = {PREEMPTED_EXIT, *(-s for s in STOP_SIGNALS)}  # a trainer's exit 
 
 def _first_signal_only(signum, frame):
     """torchrun's signal handler (which its process context installs by this name), ignoring what follows."""
-    for name in os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", SIGNALS_TO_HANDLE).split(","):
-        signal.signal(getattr(signal, name.strip()), signal.SIG_IGN)
+    names = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", SIGNALS_TO_HANDLE).split(",")
+    for sig in filter(None, (getattr(signal, name.strip(), None) for name in names)):  # torchrun skips unknown names
+        signal.signal(sig, signal.SIG_IGN)
     raise SignalException(f"got {signal.Signals(signum).name}", sigval=signal.Signals(signum))
 
 
