@@ -80,7 +80,8 @@ def test_bench_on_cpu_defaults_to_fp32_and_reports_median_and_spread():
     lines = _bench("--steps", "3", "--warmup", "1")
     assert [(r["stage"], r["mixture"]) for r in lines] == [("train", False), ("train", True)]
     for r in lines:
-        assert r["precision"] == "fp32" and r["steps"] == 3
+        assert r["precision"] == "fp32" and (r["steps"], r["warmup"], r["batches_ahead"]) == (3, 1, 0)
+        assert 0 <= r["data_wait"] <= 1  # synthetic batches are there at once
         assert 0 < r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"]
         assert 0 <= r["step_s_iqr"] <= r["step_s_max"] - r["step_s_min"]
         assert r["pairs_per_s"] == pytest.approx(8 / r["step_s_median"], rel=1e-3, abs=0.051)  # rounded to 0.1

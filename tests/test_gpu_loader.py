@@ -243,24 +243,36 @@ def test_unknown_loader_is_refused(synth_root, tmp_path):
     assert_one_line_error(_pretrain(synth_root / "imagenet", tmp_path, "data.loader=dali"), "data.loader", "dali")
 
 
-@pytest.mark.parametrize("loader", ["pil", "gpu"])
-def test_bench_times_the_loader_and_the_step_with_and_without_mixtures(jpegs, loader):
-    result = run_flatmix("bench", "pretrain", "--device", "cpu", "--arch", "resnet_tiny", "--batch-size", "8",
-                         "--image-size", "32", "--steps", "2", "--warmup", "1", "-K", "64", "--loader", loader,
-                         "--data", jpegs, "--workers", "1", "--precision", "fp32")
+@pytest.mark.parametrize("loader,ahead", [("pil", 2), ("gpu", 5)])
+def test_bench_times_the_loader_and_the_step_in_steady_state(jpegs, loader, ahead):
+    """By default a real loader's rows skip its made-ahead batches (1 worker x 2, and for the gpu loader its
+    thread's queue of 2 and the batch in hand; at least 5) and time 20x as many; each row says so, with its
+    data wait."""
+    result = run_flatmix("bench", "pretrain", "--device", "cpu", "--arch", "resnet_tiny", "--batch-size", "4",
+                         "--image-size", "32", "-K", "64", "--loader", loader, "--data", jpegs, "--workers", "1",
+                         "--precision", "fp32")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["stage"], r["mixture"]) for r in lines] == [("loader", False), ("train", False), ("train", True)]
-    assert all(r["loader"] == loader and r["device"] == "cpu" and r["pairs_per_s"] > 0 for r in lines)
+    for r in lines:
+        assert r["loader"] == loader and r["device"] == "cpu" and r["pairs_per_s"] > 0
+        assert (r["batches_ahead"], r["warmup"], r["steps"]) == (ahead, 5, 20 * ahead)
+        assert 0 <= r["data_wait"] <= 1
+    assert lines[0]["data_wait"] > 0.5  # the loader alone does nothing but wait for its batches
 
 
 @pytest.mark.parametrize("args,fragments", [
     (["--loader", "gpu"], ["--loader gpu", "--data"]),
     (["--device", "cuda"], ["cuda"]),
+    (["--workers", "16", "--warmup", "3", "--steps", "10"], ["--warmup 3 --steps 10", "32 batches ahead",
+                                                            "--warmup 32 --steps 640"]),
+    (["--workers", "2", "--loader", "gpu", "--steps", "139"], ["--steps 139", "7 batches ahead", "--steps 140"]),
 ])
-def test_bench_bad_input(args, fragments):
+def test_bench_bad_input(args, fragments, jpegs):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
+    if "--workers" in args:
+        args = ["--loader", "pil", "--data", jpegs, *args]  # a later --loader wins
     assert_one_line_error(run_flatmix("bench", "pretrain", *args), *fragments)
 
 

@@ -6,8 +6,15 @@ ImageNet-like JPEGs to run it on.
 
 Each step is timed on its own, and a line reports the median step time with its spread (min, max,
 interquartile range over `steps` steps), pairs/s from the median: one slow step (a compile, a loader
-stall, another job on the machine) shows as spread instead of skewing a mean. Precision defaults to
-bf16 on CUDA and fp32 on a CPU (where bf16 autocast is usually slower: few CPUs compute in bf16).
+stall, another job on the machine) shows as spread instead of skewing a mean. It also reports the share
+of the timed wall time spent waiting for the next batch (data_wait: near 1, the loader is the limit).
+
+A real loader starts with batches made ahead (flatmix.data.batches.batches_ahead: 32 for 16 pil workers).
+Timing them would time a queue draining, so its rows need a warmup of at least that many batches and
+STEADY_STEPS times as many timed ones (the head start then under 5% of them); the bench refuses less.
+
+Precision defaults to bf16 on CUDA and fp32 on a CPU (where bf16 autocast is usually slower: few CPUs
+compute in bf16).
 
 Under torchrun it runs on every process (DDP) and reports the global pairs/s.
 """
@@ -24,13 +31,14 @@ from PIL import Image
 import torch
 from tqdm import tqdm
 
-from flatmix.data.batches import LOADERS as DATA_LOADERS
+from flatmix.data.batches import LOADERS as DATA_LOADERS, batches_ahead
 from flatmix.data.classes import IMAGENET100
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
 from flatmix.pretrain import build_training, pretrain_batches, training_step
 from flatmix.presets import DEFAULTS, PRESETS
+from flatmix.progress import Window
 from flatmix.runconfig import flatten, resolve
 from flatmix.workflow_config import load_config
 
@@ -39,6 +47,7 @@ LOADERS = ("synthetic", *DATA_LOADERS)
 # ImageNet's most common image shapes (width, height). At quality 90 the files come out near 78 KB, like
 # the ~75 KB JPEGs behind the loader measurements in the design notes.
 JPEG_SHAPES = ((500, 375), (375, 500), (500, 333), (333, 500), (500, 500), (500, 400))
+STEADY_STEPS = 20  # timed batches per batch made ahead: the loader's head start is under 5% of them
 
 
 def _synchronise(device):
@@ -52,27 +61,33 @@ def _forever(batches):
 
 
 def _step_times(env, stream, steps, warmup, step=None):
-    """Seconds of each of `steps` batches of `stream` after `warmup` (each passed to `step` when given).
+    """(seconds of each of `steps` batches of `stream` after `warmup`, each passed to `step` when given;
+    the share of their wall time spent waiting for the next batch).
 
     On a GPU a step's time is the interval between the GPU finishing it and finishing the step before
     (CUDA events, nothing synchronised inside the loop, so steps overlap as they do in training; waiting
     for data shows as a longer interval); on a CPU it is wall-clock time."""
-    marks = []
-    for i in range(warmup + steps):
-        if i == warmup:
-            _synchronise(env.device)
-            env.barrier()
-            marks.append(_mark(env.device))
-        *views, index = next(stream)
+    def take(batches):
+        *views, index = next(batches)
         if step is not None:
             step(list(views), index)
-        if i >= warmup:
-            marks.append(_mark(env.device))
+
+    for _ in range(warmup):
+        take(stream)
     _synchronise(env.device)
     env.barrier()
+    window = Window()
+    timed = window.batches(stream)
+    marks = [_mark(env.device)]
+    for _ in range(steps):
+        take(timed)
+        marks.append(_mark(env.device))
+    _synchronise(env.device)
+    env.barrier()
+    data_wait = window.read()[1]
     if env.device.type == "cuda":
-        return [start.elapsed_time(end) / 1000 for start, end in zip(marks, marks[1:])]
-    return [end - start for start, end in zip(marks, marks[1:])]
+        return [start.elapsed_time(end) / 1000 for start, end in zip(marks, marks[1:])], data_wait
+    return [end - start for start, end in zip(marks, marks[1:])], data_wait
 
 
 def _mark(device):
@@ -84,14 +99,29 @@ def _mark(device):
     return event
 
 
-def _rates(times, batch_size):
-    """pairs/s at the median step time, and the step times' median and spread in seconds."""
+def _rates(timed, batch_size):
+    """pairs/s at the median step time, the step times' median and spread in seconds, the data-wait share."""
+    times, data_wait = timed
     low, q1, median, q3, high = map(float, np.percentile(times, [0, 25, 50, 75, 100]))
     return {"pairs_per_s": round(batch_size / median, 1), "step_s_median": round(median, 6),
-            "step_s_min": round(low, 6), "step_s_max": round(high, 6), "step_s_iqr": round(q3 - q1, 6)}
+            "step_s_min": round(low, 6), "step_s_max": round(high, 6), "step_s_iqr": round(q3 - q1, 6),
+            "data_wait": round(data_wait, 3)}
 
 
-def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, image_size=224, steps=20, warmup=5,
+def _steady_state(loader, workers, steps, warmup):
+    """(batches `loader` makes ahead, timed steps, warmup): None takes the least that times steady state
+    (and at least 20 and 5); values that would time the made-ahead batches are refused."""
+    ahead = 0 if loader == "synthetic" else batches_ahead(loader, workers)
+    steps = max(20, STEADY_STEPS * ahead) if steps is None else steps
+    warmup = max(5, ahead) if warmup is None else warmup
+    if warmup < ahead or steps < STEADY_STEPS * ahead:
+        raise FlatmixError(f"--warmup {warmup} --steps {steps} would time the {loader} loader's queue draining: its "
+                           f"{workers} workers make {ahead} batches ahead, so steady state needs --warmup {ahead} "
+                           f"--steps {STEADY_STEPS * ahead} or more (or fewer --workers)")
+    return ahead, steps, warmup
+
+
+def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, image_size=224, steps=None, warmup=None,
                    precision=None, channels_last=True, K=65536, device=None, loader="synthetic", data=None,
                    workers=8, compile=False):
     """Yield one result dict per configuration: the loader alone (real loaders), then the training step
@@ -101,6 +131,7 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
         raise FlatmixError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if loader != "synthetic" and not (data and (Path(data) / "train").is_dir()):
         raise FlatmixError(f"--loader {loader} needs --data DIR with DIR/train/<class>/ images, got {data!r}")
+    ahead, steps, warmup = _steady_state(loader, workers, steps, warmup)
     env = Distributed(device)
     precision = precision or ("bf16" if env.device.type == "cuda" else "fp32")
     try:
@@ -115,12 +146,12 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
                   "cpus": os.cpu_count(), "processes": env.world, "batch_size": batch_size,
                   "image_size": image_size, "precision": precision, "channels_last": channels_last,
                   "compile": compile, "loader": loader, "workers": workers if loader != "synthetic" else 0,
-                  "steps": steps}
+                  "batches_ahead": ahead, "warmup": warmup, "steps": steps}
         if loader != "synthetic":
             batches = pretrain_batches(resolve(DEFAULTS, PRESETS, sets=sets), env, Path(data) / "train")
-            times = _step_times(env, _forever(batches), steps, warmup)
+            timed = _step_times(env, _forever(batches), steps, warmup)
             if env.main:
-                yield {**common, "stage": "loader", "mixture": False, **_rates(times, batch_size)}
+                yield {**common, "stage": "loader", "mixture": False, **_rates(timed, batch_size)}
         for mixed in (False, True):
             mix = [f"mixture.{key}={value}" for key, value in flatten(mixture).items()] if mixed else []
             cfg = resolve(DEFAULTS, PRESETS, sets=sets + mix)
@@ -137,11 +168,11 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
             model, optimizer, mixer = build_training(cfg, env, n_data=n_data)
             net = env.wrap(model)
             model.train()
-            times = _step_times(env, stream, steps, warmup,
+            timed = _step_times(env, stream, steps, warmup,
                                 lambda v, i: training_step(cfg, net, optimizer, mixer, v, i))
             if env.main:
                 yield {**common, "stage": "train", "mixture": mixed, "mixture_spec": cfg["mixture"],
-                       **_rates(times, batch_size)}
+                       **_rates(timed, batch_size)}
             del model, net, optimizer, stream
     finally:
         env.close()

@@ -297,8 +297,11 @@ def build_parser():
     b.add_argument("--arch", default="resnet50", help="the encoder, as the run spec's model.arch")
     b.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (split over torchrun processes)")
     b.add_argument("--image-size", type=_at_least(16), default=224, help="view side in pixels")
-    b.add_argument("--steps", type=_at_least(1), default=20, help="timed steps (their median and spread are reported)")
-    b.add_argument("--warmup", type=_at_least(0), default=5, help="untimed steps first")
+    b.add_argument("--steps", type=_at_least(1),
+                   help="timed steps, their median and spread reported (default: 20, and with a real loader 20x the "
+                        "batches its workers make ahead: 640 for 16 pil workers; fewer are refused)")
+    b.add_argument("--warmup", type=_at_least(0),
+                   help="untimed steps first (default: 5, and at least the batches a real loader makes ahead)")
     b.add_argument("--precision", choices=["fp32", "bf16"],
                    help="the encoders' autocast precision (default: fp32 on a CPU, bf16 on CUDA)")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,

@@ -28,6 +28,16 @@ from flatmix.data.gpu_augment import DeviceRecipe
 
 LOADERS = ("pil", "gpu")  # data.loader; pretrain checks the config against it
 PREFETCH = 2  # device batches made ahead of the training step
+PREFETCH_FACTOR = 2  # batches each loader worker makes ahead (torch's default)
+
+
+def batches_ahead(loader, workers):
+    """The most batches a process's loader holds made ahead of the training step: each worker's
+    PREFETCH_FACTOR, and for the gpu loader with workers the prefetch thread's queue and the batch in its
+    hands. A benchmark that times fewer batches than this after its start times the queue draining."""
+    if workers == 0:
+        return 0
+    return workers * PREFETCH_FACTOR + (PREFETCH + 1 if loader == "gpu" else 0)
 
 
 class PretrainBatches:
@@ -46,6 +56,7 @@ class PretrainBatches:
         self.workers, self.device = workers, env.device
         self.loader = DataLoader(self.dataset, batch_size=batch_size // env.world, sampler=self.sampler,
                                  num_workers=self.workers, collate_fn=collate_fn,
+                                 prefetch_factor=PREFETCH_FACTOR if self.workers else None,
                                  pin_memory=env.device.type == "cuda", drop_last=True,
                                  worker_init_fn=preemption.ignore_in_worker,
                                  # its workers' base seed, drawn at every epoch's start, from a generator of
