@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded data set (made once per session) and a runner for the CLI."""
 
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -17,6 +18,12 @@ def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     synthesise(root, seed=0, size=32, train_per_class=2, val_per_class=1, voc_images=6, coco_images=6)
     return root
+
+
+def wheel_cache():
+    """Where envs/install.sh keeps the mmcv wheel it built (FLATMIX_WHEEL_CACHE, else under XDG_CACHE_HOME)."""
+    return Path(os.environ.get("FLATMIX_WHEEL_CACHE") or (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flatmix" / "wheels"))
 
 
 def run_flatmix(*args, cwd=None):

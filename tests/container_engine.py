@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, wheel_cache
 
 PACKAGES = ("podman", "runc", "debootstrap")
 CONTAINERS_CONF = """\
@@ -159,13 +159,12 @@ class Podman:
             return tag
         base = self.base_image()
         # this machine's caches, where envs/install.sh and pip keep them
-        wheel_cache = os.environ.get("FLATMIX_WHEEL_CACHE") or (
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flatmix" / "wheels")
+        cache = wheel_cache()
         pip_cache = subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True,
                                    text=True).stdout.strip() or Path.home() / ".cache" / "pip"
-        volumes = [f"{wheel_cache}:/run/build-cache/wheels", f"{pip_cache}:/run/build-cache/pip",
+        volumes = [f"{cache}:/run/build-cache/wheels", f"{pip_cache}:/run/build-cache/pip",
                    *_host_pip_config(self.root)]
-        Path(wheel_cache).mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
         Path(pip_cache).mkdir(parents=True, exist_ok=True)
         self.podman("build", "--network", "host", "-f", str(REPO / "containers" / "Dockerfile"), "-t", tag,
                     "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "FORCE_CUDA=0",

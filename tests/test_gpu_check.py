@@ -1,7 +1,9 @@
 """tools/gpu-check on the CPU with tiny sizes, end to end, so that the GPU machine's one short run cannot rot.
 
-Its install part is left out: here the project's venv already has mmcv, mmdet and flatmix (`run` uses
-the flatmix of the Python that runs it)."""
+`gpu-check all` runs as on the GPU machine, from a venv's Python (this project's), offline: it makes its
+own venv over that one, installs flatmix there, then mmcv from the folder (this machine's cached CPU
+wheel, as a carried prebuilt one) in the background while the first stages run, and every stage. Only
+`prepare` (network) and mmcv's CUDA build are left out."""
 
 import json
 import subprocess
@@ -9,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wheel_cache
 
 sys.path.insert(0, str(REPO / "tools"))
 import gpu_check  # noqa: E402
@@ -18,26 +20,35 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_stage_runs_or_says_why_not_on_the_cpu(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "gpu-check"), "run", "--device", "cpu", "--tiny",
-                             "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+    built = sorted(wheel_cache().glob("mmcv-*-cpu/mmcv-*.whl"))
+    assert built, f"no mmcv wheel under {wheel_cache()}: envs/install.sh keeps the one it builds there"
+    (tmp_path / "dir" / "wheels").mkdir(parents=True)
+    (tmp_path / "dir" / "wheels" / built[-1].name).symlink_to(built[-1])
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "gpu-check"), "all", tmp_path / "dir", "--device",
+                             "cpu", "--tiny", "--out", tmp_path / "out", "--work", tmp_path / "work"],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert (tmp_path / "dir" / "venv" / "bin" / "flatmix").exists()  # its own venv, flatmix installed there
     summary = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
-    expected = [gpu_check._name(stage) for stages, _, _ in gpu_check.PHASES for stage in stages]
-    assert sorted(s["stage"] for s in summary["stages"]) == sorted(expected)
+    expected = gpu_check.stage_names()
+    assert [s["stage"] for s in summary["stages"]] == expected
     for stage in summary["stages"]:
         status = stage["status"]
         assert status == "ok" or (status.startswith("skipped (cpu: ") and len(status) > 20), stage
         assert stage["seconds"] >= 0
     for name in ("detect-syncbn", "bench-synthetic-compiled", "bench-gpu-compiled"):  # CUDA only
         assert next(s for s in summary["stages"] if s["stage"] == name)["status"].startswith("skipped (cpu: ")
+    mmcv = next(s for s in summary["stages"] if s["stage"] == "mmcv")
+    assert "mmcv " in mmcv["numbers"] and "mmcv import check" in mmcv["numbers"], mmcv
+    assert "feature-norm probe" in next(s for s in summary["stages"] if s["stage"] == "linear")["numbers"]
     table = result.stdout[result.stdout.index("\nstage ") + 1:]
     assert table.splitlines()[0].split() == ["stage", "status", "seconds", "key", "numbers"]
     for name in expected:
         assert f"\n{name} " in table
     log = (tmp_path / "out" / "gpu-check.log").read_text()
     assert "===== pretrain-sigterm-resume: ok" in log
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check.json", "gpu-check.log"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check.json", "gpu-check.log",
+                                                                     "install.json", "install.log"]
 
 
 def test_versions_come_from_the_pinned_files():

@@ -1,18 +1,21 @@
 """tools/gpu-check: the whole CUDA path of flatmix, each stage through the real CLI, in one short run.
 
-Three subcommands, because the GPU machine has no network and no mmcv/mmengine/mmdet/pycocotools:
+Subcommands, because the GPU machine has no network and no mmcv/mmengine/mmdet/pycocotools:
 - prepare DIR (here, with network): downloads into DIR the wheels the GPU machine lacks and mmcv's
   sdist, at the versions pinned in envs/requirements.txt and envs/mmcv.txt (the only home of the pins);
   fails if DIR would not fit the 64 MiB that travels with a device run.
-- install DIR (there, offline): a venv over the machine's own torch (--system-site-packages), the
-  carried wheels, mmcv built from its sdist by envs/build_mmcv.sh with its CUDA ops, flatmix editable.
-- run --out OUT: every stage, timed, never stopping at a failure; one table on stdout and the same as
-  OUT/gpu-check.json, with every stage's full log in OUT/gpu-check.log (few files come back from the
-  machine). With --device cpu --tiny the same stages run here in minutes (tests/test_gpu_check.py), so
-  the script cannot rot; what cannot exist on a CPU is reported as "skipped (cpu)" with the reason.
+- all DIR --out OUT (there, offline, in one device call): install without mmcv, then run, mmcv built
+  and installed in the background while the stages that do not need it run, all inside one deadline.
+- install DIR and run --out OUT, its two halves: a venv over the machine's own torch
+  (--system-site-packages, and the parent's site-packages where that Python is a venv itself), the
+  carried wheels, mmcv (a carried wheel, else built from its sdist by envs/build_mmcv.sh with its CUDA
+  ops), flatmix editable; then every stage, timed, never stopping at a failure. One table on stdout and
+  the same as OUT/gpu-check.json, every stage's full log in OUT/gpu-check.log (few files come back from
+  the machine). With --device cpu --tiny the same stages run here in minutes (tests/test_gpu_check.py),
+  so the script cannot rot; what cannot exist on a CPU is reported as "skipped (cpu)" with the reason.
 
 Stages that do not depend on each other run concurrently (--jobs; the GPU has room for several small
-runs), except the throughput benchmarks, which run last and alone so that their numbers mean something.
+runs), except the throughput benchmarks, which run alone so that their numbers mean something (PHASES).
 A deadline (--deadline-s) leaves time to write the summary before the device's own time limit.
 """
 
@@ -43,6 +46,8 @@ CARRIED = ("mmengine", "mmdet", "pycocotools", "addict", "yapf", "platformdirs",
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_27_x86_64",
              "manylinux_2_28_x86_64")
 TAIL_LINES = 15
+MMCV_CHECK = "import mmcv, mmcv.ops; print('mmcv', mmcv.__version__, 'ops built with CUDA', " \
+             "mmcv.ops.get_compiling_cuda_version())"
 GLOBAL_MIX = ["mixture.global.mixes=4", "mixture.global.p=0.5"]
 REGION_MIX = ["mixture.region.mixes=5", "mixture.region.p=0.5", "mixture.region.decay=0.2"]
 
@@ -159,34 +164,57 @@ def _cap(log, keep=4 * MIB):
         log.write_bytes(b"[... earlier lines cut ...]\n" + tail)
 
 
-def install(folder, venv, device, out, with_mmcv=True, build_timeout=None):
-    """The venv of a run: carried wheels, mmcv (a carried prebuilt wheel, else built), flatmix editable.
-    Without mmcv every stage but detection still runs (a second, shorter device call)."""
-    folder, venv = Path(folder).resolve(), Path(venv).resolve()
-    wheels, built = folder / "wheels", folder / "built"
-    log = Path(out) / "install.log" if out else folder / "install.log"
+def _install_log(folder, out):
+    log = Path(out) / "install.log" if out else Path(folder) / "install.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    return log
+
+
+def _pip(python):
+    return [python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir", "--quiet"]
+
+
+def install_base(folder, venv, log):
+    """The venv of a run without mmcv: the carried wheels and flatmix editable, then an import check."""
+    folder, venv = Path(folder).resolve(), Path(venv).resolve()
     python = venv / "bin" / "python"
-    pip = [python, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir", "--quiet"]
     steps = [make_venv(venv, log)]
-    carried = [p for p in sorted(wheels.glob("*.whl"))
+    carried = [p for p in sorted((folder / "wheels").glob("*.whl"))
                if not p.name.startswith(("setuptools-", "mmcv-"))]  # setuptools: mmcv's build only
-    steps.append(_timed("wheels", [*pip, *carried], log))
-    mmcv = sorted(wheels.glob("mmcv-*.whl")) or sorted(built.glob("mmcv-*.whl"))
-    if with_mmcv and not mmcv:
-        steps.append(_build_mmcv(python, wheels, built, log, device == "cuda", build_timeout))
-        mmcv = sorted(built.glob("mmcv-*.whl"))
-    if with_mmcv and mmcv:
-        steps.append(_timed("mmcv", [*pip, mmcv[-1]], log))
-        if out and mmcv[-1].parent == built and mmcv[-1].stat().st_size < 16 * MIB:
-            shutil.copy(mmcv[-1], out)  # carried back next time, it spares the build
-    steps.append(_timed("flatmix", [*pip, "--no-build-isolation", "-e", REPO], log))
+    if carried:
+        steps.append(_timed("wheels", [*_pip(python), *carried], log))
+    steps.append(_timed("flatmix", [*_pip(python), "--no-build-isolation", "-e", REPO], log))
     check = ("import mmdet, mmengine, pycocotools, flatmix, torch; "
              "print('mmdet', mmdet.__version__, 'mmengine', mmengine.__version__, 'torch', torch.__version__)")
-    if with_mmcv:
-        check += "; import mmcv.ops; print('mmcv', mmcv.__version__, 'ops built with CUDA', " \
-                 "mmcv.ops.get_compiling_cuda_version())"
     steps.append(_timed("import check", [python, "-c", check], log))
+    return steps
+
+
+def install_mmcv(python, folder, cuda, log, out=None, build_timeout=None):
+    """mmcv into `python`'s venv: a carried prebuilt wheel (FOLDER/wheels), else one built from the carried
+    sdist into FOLDER/built (copied to OUT, to be carried next time), then its ops imported."""
+    folder = Path(folder).resolve()
+    wheels, built = folder / "wheels", folder / "built"
+    steps = []
+    mmcv = sorted(wheels.glob("mmcv-*.whl")) or sorted(built.glob("mmcv-*.whl"))
+    if not mmcv:
+        steps.append(_build_mmcv(python, wheels, built, log, cuda, build_timeout))
+        mmcv = sorted(built.glob("mmcv-*.whl"))
+    if mmcv:
+        steps.append(_timed("mmcv", [*_pip(python), mmcv[-1]], log))
+        if out and mmcv[-1].parent == built and mmcv[-1].stat().st_size < 16 * MIB:
+            shutil.copy(mmcv[-1], out)  # carried back next time, it spares the build
+    steps.append(_timed("mmcv import check", [python, "-c", MMCV_CHECK], log))
+    return steps
+
+
+def install(folder, venv, device, out, with_mmcv=True, build_timeout=None):
+    """The venv of a run: install_base, then install_mmcv unless left out (every stage but detection
+    runs without it). Writes OUT/install.json."""
+    log = _install_log(folder, out)
+    steps = install_base(folder, venv, log)
+    if with_mmcv and all(ok for _, ok, _ in steps):
+        steps += install_mmcv(Path(venv).resolve() / "bin" / "python", folder, device == "cuda", log, out, build_timeout)
     _cap(log)
     if out:
         (Path(out) / "install.json").write_text(json.dumps(
@@ -217,8 +245,12 @@ class Sizes:
     linear_epochs: int = 2
     linear_batch: int = 256
     det_scale: str = "paper"
+    # `flatmix bench pretrain` arguments; a real loader's steps and warmup are its steady-state least, which
+    # costs about 42 x batch / (pairs/s of one worker) seconds a row whatever the workers (bench.STEADY_STEPS):
+    # the pil bench at batch 64 (about 18 s a row), the gpu loader with 4 workers (its GPU thread decodes)
     bench: list = field(default_factory=lambda: ["--arch", "resnet50", "--batch-size", "256", "--precision", "bf16",
-                                                 "-K", "65536", "--steps", "10", "--warmup", "3"])
+                                                 "-K", "65536"])
+    bench_loaders: dict = field(default_factory=lambda: {"pil": ["--batch-size", "64"], "gpu": ["--workers", "4"]})
     skip: dict = field(default_factory=dict)  # stage: why it is left out at these sizes
 
 
@@ -240,7 +272,7 @@ TINY = Sizes(train_images=100, val_images=100, synth_size=32, det_images=2, imag
              log_every=1, workers=0, precision="fp32", arch_small="resnet_tiny", linear_epochs=1, linear_batch=32,
              det_scale="smoke",
              bench=["--arch", "resnet_tiny", "--batch-size", "8", "--image-size", "32", "--precision", "fp32",
-                    "-K", "64", "--steps", "2", "--warmup", "1", "--workers", "0"], skip=TINY_SKIPS)
+                    "-K", "64", "--steps", "2", "--warmup", "1", "--workers", "0"], bench_loaders={}, skip=TINY_SKIPS)
 
 
 class StageFailed(Exception):
@@ -263,11 +295,13 @@ class Result:
 class Run:
     """One `gpu-check run`: the sizes, the work folder, each stage's log and result, the deadline."""
 
-    def __init__(self, out, work, device, sizes, deadline_s, jobs):
+    def __init__(self, out, work, device, sizes, deadline_s, jobs, mmcv_from=None):
         self.out, self.work, self.device, self.sizes, self.jobs = Path(out), Path(work), device, sizes, jobs
+        self.mmcv_from = mmcv_from
         self.bin = Path(sys.executable).parent
         self.deadline = time.monotonic() + deadline_s
         self.results, self.lock = {}, threading.Lock()
+        self.background = {}  # stage name: the Future of a BACKGROUND stage
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
 
@@ -283,6 +317,18 @@ class Run:
 
     def remaining(self):
         return self.deadline - time.monotonic()
+
+    def background_running(self):
+        return any(not future.done() for future in self.background.values())
+
+    def wait_background(self, names=None):
+        """Until the BACKGROUND stages named (default: all) have ended, or the deadline."""
+        for name, future in self.background.items():
+            if names is None or name in names:
+                try:
+                    future.result(timeout=max(0.0, self.remaining()))
+                except TimeoutError:
+                    pass
 
     def sh(self, stage, argv, env=None):
         """Run argv with its output appended to the stage's log; returns stdout; raises StageFailed."""
@@ -475,12 +521,21 @@ def stage_convert(run):
 
 
 def stage_linear(run):
-    s = run.sizes
-    summary = _last_json(run.sh("linear", run.flatmix(
+    """The probe on the 100-step backbone, with the smoke preset's probe settings (config.yaml
+    smoke.linear: --feature-norm, its lr; no milestones): the protocol's lr 10 on unnormalised features
+    of so short a run diverges. A diverged probe is a failed stage with its losses, never a crash."""
+    from flatmix.workflow_config import load_config
+    s, lr = run.sizes, load_config(REPO / "config.yaml")["smoke"]["linear"]["lr"]
+    run.sh("linear", run.flatmix(
         "linear", "--backbone", _checkpoint(run), "--data", run.work / "in100", "--out", run.work / "linear",
         "--epochs", s.linear_epochs, "--batch-size", s.linear_batch, "--image-size", s.image_size,
-        "--workers", max(s.workers, 0))))
-    return f"top-1 {summary['top1']:.2f}, top-5 {summary['top5']:.2f} after {summary['epochs']} epoch(s)"
+        "--workers", s.workers, "--feature-norm", "--lr", lr, "--milestones", ""))
+    summary = json.loads((run.work / "linear" / "metrics.json").read_text())
+    losses = " -> ".join("nan" if h["loss"] is None else f"{h['loss']:.3f}" for h in summary["history"])
+    if summary["diverged"]:
+        raise StageFailed(f"the probe diverged (epoch losses {losses}) at lr {lr} with --feature-norm")
+    return f"top-1 {summary['top1']:.2f}, top-5 {summary['top5']:.2f} (chance {100 / summary['classes']:.2f}) " \
+           f"after {summary['epochs']} epoch(s), loss {losses}; feature-norm probe, lr {lr}"
 
 
 def stage_flatness(run):
@@ -490,6 +545,20 @@ def stage_flatness(run):
         "--data", run.work / "in100", "--out", run.work / "flatness", "--image-size", s.image_size,
         "--batch-size", s.linear_batch, "--workers", s.workers)))
     return "max probability " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+
+
+def stage_mmcv(run):
+    """mmcv's ops in this venv. With --mmcv-from DIR (`gpu-check all`) it is installed from DIR, built there
+    from the carried sdist when no wheel is carried, in the background while the stages that do not need
+    it run; otherwise the venv's own mmcv is imported."""
+    python = Path(sys.executable)
+    if run.mmcv_from is None:
+        return run.sh("mmcv", [str(python), "-c", MMCV_CHECK]).strip()
+    steps = install_mmcv(python, run.mmcv_from, run.device == "cuda", run.log("mmcv"), run.out,
+                         build_timeout=max(1.0, run.remaining()))
+    if failed := [label for label, ok, _ in steps if not ok]:
+        raise StageFailed(f"{', '.join(failed)} failed: the log's last lines say why")
+    return ", ".join(f"{label} {seconds:.0f} s" for label, _, seconds in steps)
 
 
 def detect_stage(task, bn):
@@ -536,33 +605,57 @@ def bench_stage(loader, compiled):
     def stage(run):
         if compiled and run.device != "cuda":
             raise Skip("cpu: torch.compile timings mean nothing on a CPU and cost minutes of compiling")
-        args = ["bench", "pretrain", *run.sizes.bench, "--device", run.device, "--config", REPO / "config.yaml"]
+        args = ["bench", "pretrain", *run.sizes.bench, *run.sizes.bench_loaders.get(loader, []),
+                "--device", run.device, "--config", REPO / "config.yaml"]
         if loader != "synthetic":
             args += ["--loader", loader, "--data", run.work / "jpegs"]
+        beside = " (beside mmcv's build)" if run.background_running() else ""
         lines = _json_lines(run.sh(name, run.flatmix(*args, *(["--compile"] if compiled else []),
                                                      torchrun=loader == "synthetic")))
         if not lines or not all(r["pairs_per_s"] > 0 for r in lines):
             raise StageFailed("no pairs/s measured")
         label = {("loader", False): "loader", ("train", False): "step", ("train", True): "step+mix"}
-        return ", ".join(f"{label[r['stage'], r['mixture']]} {r['pairs_per_s']:,.0f}" for r in lines) + " pairs/s"
+        rows = ", ".join(f"{label[r['stage'], r['mixture']]} {r['pairs_per_s']:,.0f} (data-wait {r['data_wait']:.0%})"
+                         for r in lines)
+        first = lines[0]
+        return f"{rows} pairs/s; batch {first['batch_size']}, {first['workers']} workers, {first['steps']} steps " \
+               f"after {first['warmup']}{beside}"
     stage.__name__ = name
     return stage
 
 
-# (stages, the stages each needs, concurrent?) per phase, in order.
+@dataclass
+class Phase:
+    """Stages run together (side by side, or one by one when `alone`: the benchmarks), after the phases
+    before them; `needs`: the stages each needs, by name pattern."""
+    stages: list
+    needs: dict = field(default_factory=dict)
+    alone: bool = False
+    after_background: bool = False  # wait for the BACKGROUND stages first (a CPU-bound bench and a compiler)
+
+
+# mmcv builds (on the GPU machine, 3-4 minutes with 16 jobs) while the stages that do not need it run. The
+# synthetic benches (GPU-bound, data already there) run alone on the GPU during the build, the loader
+# benches (CPU-bound) after it; detection waits for it.
+BACKGROUND = [stage_mmcv]
 PHASES = [
-    ([stage_data_imagenet, stage_data_detection], {}, True),
-    ([pretrain_stage("moco", "global"), pretrain_stage("moco", "region"), pretrain_stage("cmc", "global"),
-      pretrain_stage("cmc", "region"), stage_pretrain_sigterm_resume], {"*": ["data-imagenet"]}, True),
-    ([stage_convert, stage_linear, stage_flatness,
-      *[detect_stage(task, bn) for task in ("voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn")
-        for bn in ("train", "frozen")], stage_detect_syncbn],
-     {"*": ["pretrain-moco-global"], "flatness": ["pretrain-moco-global", "pretrain-cmc-global"],
-      "detect-*": ["pretrain-moco-global", "data-detection"]}, True),
-    ([bench_stage("synthetic", False), bench_stage("synthetic", True), bench_stage("pil", False),
-      bench_stage("gpu", False), bench_stage("gpu", True)], {"bench-pil": ["data-imagenet"],
-                                                             "bench-gpu*": ["data-imagenet"]}, False),
+    Phase([stage_data_imagenet, stage_data_detection]),
+    Phase([pretrain_stage("moco", "global"), pretrain_stage("moco", "region"), pretrain_stage("cmc", "global"),
+           pretrain_stage("cmc", "region"), stage_pretrain_sigterm_resume], {"*": ["data-imagenet"]}),
+    Phase([stage_convert, stage_linear, stage_flatness],
+          {"*": ["pretrain-moco-global"], "flatness": ["pretrain-moco-global", "pretrain-cmc-global"]}),
+    Phase([bench_stage("synthetic", False), bench_stage("synthetic", True)], alone=True),
+    Phase([*[detect_stage(task, bn) for task in ("voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn")
+             for bn in ("train", "frozen")], stage_detect_syncbn],
+          {"*": ["mmcv", "pretrain-moco-global", "data-detection"]}),
+    Phase([bench_stage("pil", False), bench_stage("gpu", False), bench_stage("gpu", True)],
+          {"*": ["data-imagenet"]}, alone=True, after_background=True),
 ]
+
+
+def stage_names():
+    """Every stage's name, in the table's order."""
+    return [_name(stage) for stage in BACKGROUND] + [_name(stage) for phase in PHASES for stage in phase.stages]
 
 
 def _name(stage):
@@ -571,7 +664,7 @@ def _name(stage):
 
 def _in_order(results):
     """Results in the stages' order (they finish in any order when run concurrently)."""
-    order = [_name(stage) for stages, _, _ in PHASES for stage in stages]
+    order = stage_names()
     return sorted(results, key=lambda r: order.index(r.stage))
 
 
@@ -587,6 +680,7 @@ def run_stage(run, stage, needs):
     """One stage: skipped when a stage it needs did not succeed or time is up, else timed and recorded."""
     name = _name(stage)
     result = Result(name)
+    run.wait_background(needs)
     missing = [n for n in needs if run.results.get(n, Result(n)).status != "ok"]
     start = time.monotonic()
     try:
@@ -610,10 +704,11 @@ def run_stage(run, stage, needs):
     print(f"gpu-check: {name} {result.status} in {result.seconds} s {result.numbers}", flush=True)
 
 
-def run_phase(run, stages, needs, concurrent):
-    workers = run.jobs if concurrent else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(run_stage, run, s, _needs(_name(s), needs)) for s in stages]:
+def run_phase(run, phase, stages):
+    if phase.after_background:
+        run.wait_background()
+    with ThreadPoolExecutor(max_workers=1 if phase.alone else run.jobs) as pool:
+        for future in [pool.submit(run_stage, run, s, _needs(_name(s), phase.needs)) for s in stages]:
             future.result()
 
 
@@ -645,17 +740,45 @@ def run_all(args):
     device = args.device or ("cuda" if _has_cuda() else "cpu")
     sizes = TINY if args.tiny else Sizes()
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-"))
-    run = Run(args.out, work, device, sizes, args.deadline_s, args.jobs or (6 if device == "cuda" else 2))
+    run = Run(args.out, work, device, sizes, args.deadline_s, args.jobs or (6 if device == "cuda" else 2),
+              args.mmcv_from)
     start = time.monotonic()
     print(f"gpu-check: device {device}, {'tiny' if args.tiny else 'full'} sizes, work folder {work}", flush=True)
-    for stages, needs, concurrent in PHASES:
-        chosen = [s for s in stages if selected(s, args.only, args.skip)]
-        run_phase(run, chosen, needs, concurrent)
+    with ThreadPoolExecutor(max_workers=len(BACKGROUND)) as background:
+        for stage in BACKGROUND:
+            if selected(stage, [], args.skip):  # what a selected stage needs: --only does not leave it out
+                run.background[_name(stage)] = background.submit(run_stage, run, stage, [])
+        for phase in PHASES:
+            run_phase(run, phase, [s for s in phase.stages if selected(s, args.only, args.skip)])
     combined_log(run)
     print(f"\n{table(_in_order(run.results.values()))}\n\ngpu-check: {time.monotonic() - start:.0f} s in all; "
           f"{run.out / 'gpu-check.json'}, {run.out / 'gpu-check.log'}")
     bad = [r for r in run.results.values() if r.status == "failed" or r.status.startswith("skipped (needs")]
     return 1 if bad else 0
+
+
+def check_all(args):
+    """install_base here, then `run` in the venv it made, mmcv installed from DIR alongside the first
+    stages: the whole check in one command, within one deadline counted from its start."""
+    start = time.monotonic()
+    folder = Path(args.dir).resolve()
+    log = _install_log(folder, args.out)
+    steps = install_base(folder, folder / "venv", log)
+    (Path(args.out) / "install.json").write_text(json.dumps(
+        [{"step": label, "ok": ok, "seconds": seconds} for label, ok, seconds in steps], indent=1))
+    if not all(ok for _, ok, _ in steps):
+        print(f"gpu-check all: the install failed; the log is {log}", file=sys.stderr)
+        return 1
+    left = args.deadline_s - (time.monotonic() - start)
+    argv = [folder / "venv" / "bin" / "python", Path(__file__).with_name("gpu-check"), "run", "--out", args.out,
+            "--mmcv-from", folder, "--deadline-s", f"{left:.0f}"]
+    for flag, value in (("--device", args.device), ("--work", args.work), ("--jobs", args.jobs)):
+        if value is not None:
+            argv += [flag, value]
+    argv += ["--tiny"] if args.tiny else []
+    argv += [arg for prefix in args.only for arg in ("--only", prefix)]
+    argv += [arg for prefix in args.skip for arg in ("--skip", prefix)]
+    return subprocess.call(list(map(str, argv)))
 
 
 def _has_cuda():
@@ -664,6 +787,18 @@ def _has_cuda():
 
 
 # ------------------------------------------------------------------------------------------ main
+
+def _run_options(p, deadline_from="the start"):
+    p.add_argument("--out", required=True, help="gpu-check.json and gpu-check.log go here")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA where there is one")
+    p.add_argument("--tiny", action="store_true", help="CPU sizes: a few minutes on 2 cores")
+    p.add_argument("--work", help="folder for data, runs and logs (default: a new temporary folder)")
+    p.add_argument("--jobs", type=int, help="stages run at once (default: 6 on CUDA, 2 on a CPU)")
+    p.add_argument("--deadline-s", type=float, default=540,
+                   help=f"seconds from {deadline_from} after which later stages are skipped (default: %(default)s)")
+    p.add_argument("--only", action="append", default=[], metavar="PREFIX", help="only stages named so (repeatable)")
+    p.add_argument("--skip", action="append", default=[], metavar="PREFIX", help="leave out stages named so")
+
 
 def _parser():
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.splitlines()[0])
@@ -679,14 +814,13 @@ def _parser():
     p.add_argument("--build-timeout", type=float, help="end mmcv's build after this many seconds (then the run "
                                                         "goes on without detection)")
     p = commands.add_parser("run", help="every stage through the flatmix CLI of this Python's environment")
-    p.add_argument("--out", required=True, help="gpu-check.json and gpu-check.log go here")
-    p.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA where there is one")
-    p.add_argument("--tiny", action="store_true", help="CPU sizes: a few minutes on 2 cores")
-    p.add_argument("--work", help="folder for data, runs and logs (default: a new temporary folder)")
-    p.add_argument("--jobs", type=int, help="stages run at once (default: 6 on CUDA, 2 on a CPU)")
-    p.add_argument("--deadline-s", type=float, default=540, help="later stages are skipped after this")
-    p.add_argument("--only", action="append", default=[], metavar="PREFIX", help="only stages named so (repeatable)")
-    p.add_argument("--skip", action="append", default=[], metavar="PREFIX", help="leave out stages named so")
+    _run_options(p)
+    p.add_argument("--mmcv-from", metavar="DIR", help="install mmcv from DIR (`install`'s folder: a carried wheel, "
+                                                      "else built from its sdist) while the first stages run")
+    p = commands.add_parser("all", help="there, offline: install (mmcv aside) and run, mmcv built alongside the "
+                                        "first stages; the whole check in one command")
+    p.add_argument("dir", help="the folder `prepare` filled; the venv goes in DIR/venv")
+    _run_options(p, deadline_from="the start of the install")
     return parser
 
 
@@ -701,4 +835,6 @@ def main(argv=None):
     if args.command == "install":
         return install(args.dir, args.venv or Path(args.dir) / "venv", args.device, args.out, not args.no_mmcv,
                        args.build_timeout)
+    if args.command == "all":
+        return check_all(args)
     return run_all(args)
