@@ -214,7 +214,8 @@ def install(folder, venv, device, out, with_mmcv=True, build_timeout=None):
     log = _install_log(folder, out)
     steps = install_base(folder, venv, log)
     if with_mmcv and all(ok for _, ok, _ in steps):
-        steps += install_mmcv(Path(venv).resolve() / "bin" / "python", folder, device == "cuda", log, out, build_timeout)
+        python = Path(venv).resolve() / "bin" / "python"
+        steps += install_mmcv(python, folder, device == "cuda", log, out, build_timeout)
     _cap(log)
     if out:
         (Path(out) / "install.json").write_text(json.dumps(
