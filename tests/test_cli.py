@@ -125,6 +125,17 @@ def test_bench_times_the_mixture_of_the_workflow_config(tmp_path):
     assert lines[1]["mixture_spec"]["region"]["decay"] == 0.2
 
 
+def test_bench_cmc_times_the_cmc_mixture(tmp_path):
+    """--method cmc times experiments.best.cmc at experiments.imagenet100.cmc_p, not MoCo's mixture."""
+    override = tmp_path / "cmc.yaml"
+    override.write_text("experiments:\n  best:\n    cmc: {global_mixes: 2, region_mixes: 3}\n")
+    lines = _bench("--method", "cmc", "--steps", "1", "--warmup", "0", "--config", REPO / "config.yaml",
+                   "--config", override)
+    assert [(r["method"], r["mixture"]) for r in lines] == [("cmc", False), ("cmc", True)]
+    spec = lines[1]["mixture_spec"]
+    assert (spec["global"]["mixes"], spec["region"]["mixes"], spec["global"]["p"]) == (2, 3, 0.1)
+
+
 def test_bench_without_a_readable_config_says_so_in_one_line(tmp_path):
     """Run outside the project (no config.yaml there) or given a bad file: one line naming it, no timing."""
     result = run_flatmix("bench", "pretrain", "--device", "cpu", "--arch", "resnet_tiny", cwd=tmp_path)

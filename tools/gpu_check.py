@@ -248,10 +248,13 @@ class Sizes:
     det_scale: str = "paper"
     # `flatmix bench pretrain` arguments; a real loader's steps and warmup are its steady-state least, which
     # costs about 42 x batch / (pairs/s of one worker) seconds a row whatever the workers (bench.STEADY_STEPS):
-    # the pil bench at batch 64 (about 18 s a row), the gpu loader with 4 workers (its GPU thread decodes)
+    # the pil bench at batch 64 (about 18 s a row), the gpu loader with 4 workers (its GPU thread decodes).
+    # CMC as flatmix.plan prices it: two R50-half, batch 128 (its K is the bench's, at most 16384).
     bench: list = field(default_factory=lambda: ["--arch", "resnet50", "--batch-size", "256", "--precision", "bf16",
                                                  "-K", "65536"])
-    bench_loaders: dict = field(default_factory=lambda: {"pil": ["--batch-size", "64"], "gpu": ["--workers", "4"]})
+    bench_extra: dict = field(default_factory=lambda: {  # by stage name, after `bench`
+        "bench-pil": ["--batch-size", "64"], "bench-gpu": ["--workers", "4"],
+        "bench-synthetic-cmc": ["--arch", "resnet50half", "--batch-size", "128"]})
     skip: dict = field(default_factory=dict)  # stage: why it is left out at these sizes
 
 
@@ -273,7 +276,7 @@ TINY = Sizes(train_images=100, val_images=100, synth_size=32, det_images=2, imag
              log_every=1, workers=0, precision="fp32", arch_small="resnet_tiny", linear_epochs=1, linear_batch=32,
              det_scale="smoke",
              bench=["--arch", "resnet_tiny", "--batch-size", "8", "--image-size", "32", "--precision", "fp32",
-                    "-K", "64", "--steps", "2", "--warmup", "1", "--workers", "0"], bench_loaders={}, skip=TINY_SKIPS)
+                    "-K", "64", "--steps", "2", "--warmup", "1", "--workers", "0"], bench_extra={}, skip=TINY_SKIPS)
 
 
 class StageFailed(Exception):
@@ -598,15 +601,15 @@ def stage_detect_syncbn(run):
     return f"{gpus} processes, AP50 {json.loads((out / 'metrics.json').read_text())['AP50']:.1f}"
 
 
-def bench_stage(loader, compiled):
-    """`flatmix bench pretrain`: the R50 MoCo step, without and with the mixtures; a real loader is timed
-    alone first. Synthetic runs under torchrun (NCCL on CUDA), as tests/test_gpu.py does."""
-    name = f"bench-{loader}" + ("-compiled" if compiled else "")
+def bench_stage(loader, compiled, method="moco"):
+    """`flatmix bench pretrain`: the R50 MoCo (or CMC) step, without and with the mixtures; a real loader is
+    timed alone first. Synthetic runs under torchrun (NCCL on CUDA), as tests/test_gpu.py does."""
+    name = f"bench-{loader}" + ("-compiled" if compiled else "") + ("" if method == "moco" else f"-{method}")
 
     def stage(run):
         if compiled and run.device != "cuda":
             raise Skip("cpu: torch.compile timings mean nothing on a CPU and cost minutes of compiling")
-        args = ["bench", "pretrain", *run.sizes.bench, *run.sizes.bench_loaders.get(loader, []),
+        args = ["bench", "pretrain", "--method", method, *run.sizes.bench, *run.sizes.bench_extra.get(name, []),
                 "--device", run.device, "--config", REPO / "config.yaml"]
         if loader != "synthetic":
             args += ["--loader", loader, "--data", run.work / "jpegs"]
@@ -645,7 +648,8 @@ PHASES = [
            pretrain_stage("cmc", "region"), stage_pretrain_sigterm_resume], {"*": ["data-imagenet"]}),
     Phase([stage_convert, stage_linear, stage_flatness],
           {"*": ["pretrain-moco-global"], "flatness": ["pretrain-moco-global", "pretrain-cmc-global"]}),
-    Phase([bench_stage("synthetic", False), bench_stage("synthetic", True)], alone=True),
+    Phase([bench_stage("synthetic", False), bench_stage("synthetic", True), bench_stage("synthetic", False, "cmc")],
+          alone=True),
     Phase([*[detect_stage(task, bn) for task in ("voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn")
              for bn in ("train", "frozen")], stage_detect_syncbn],
           {"*": ["mmcv", "pretrain-moco-global", "data-detection"]}),

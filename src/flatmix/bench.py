@@ -213,7 +213,7 @@ def write_jpegs(out, images, classes=10, seed=0):
 
 
 def run(args):
-    mixture = Experiments(load_config(*(args.config or ["config.yaml"]))).best_mixture("moco")
+    mixture = Experiments(load_config(*(args.config or ["config.yaml"]))).best_mixture(args.method)
     for result in bench_pretrain(mixture, method=args.method, arch=args.arch, batch_size=args.batch_size,
                                  image_size=args.image_size, steps=args.steps, warmup=args.warmup,
                                  precision=args.precision, channels_last=args.channels_last, K=args.K,

@@ -314,8 +314,8 @@ def build_parser():
     b.add_argument("--workers", type=_at_least(0), default=min(os.cpu_count(), 16), help="loader workers per process")
     b.add_argument("--compile", action="store_true", help="torch.compile the encoders")
     b.add_argument("--config", action="append", metavar="FILE",
-                   help="the workflow config whose experiments.best.moco and experiments.imagenet100.moco_p are the "
-                        "mixtures timed; repeat to layer files as `plan --config` does (default: config.yaml)")
+                   help="the workflow config whose experiments.best.METHOD and experiments.imagenet100.METHOD_p "
+                        "are the mixtures timed; repeat to layer files as `plan --config` does (default: config.yaml)")
     b.set_defaults(run=_bench)
     b = benches.add_parser("jpegs", help="write ImageNet-like JPEGs (sizes, bytes) for `bench pretrain --data`")
     b.add_argument("--out", required=True, help="folder for train/<class>/ JPEGs")

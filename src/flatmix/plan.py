@@ -2,10 +2,10 @@
 the GPU-hours of pretraining, linear probes and detection fine-tuning, and the total with every shared
 run counted once; or each pretraining run's command, as the workflow runs it (flatmix.launch).
 
-GPU-hours follow from per-GPU rates measured on an NVIDIA H100 (DESIGN.md; bf16 + channels_last,
-mixtures on, data already on the GPU: the loader must keep up, see `flatmix bench pretrain`) and, for
-detection, mmdetection's model-zoo times on V100s. Every rate is a flag; the data set sizes are the real
-ones (flatmix.paper), or the embedded set's for the smoke preset.
+GPU-hours follow from per-GPU rates, each measured where RATES says (bf16 + channels_last, mixtures on,
+data already on the GPU: the loader must keep up, see `flatmix bench pretrain`) and, for detection,
+mmdetection's model-zoo times on V100s. Every rate is a flag; the data set sizes are the real ones
+(flatmix.paper), or the embedded set's for the smoke preset.
 """
 
 from flatmix import paper
@@ -14,12 +14,14 @@ from flatmix.experiments import PRESET_PARTS, Experiments
 from flatmix.launch import pretrain_command, run_shape
 from flatmix.linear import PROTOCOLS
 
+# (per-GPU rate, where it was measured). The H200's: `tools/gpu-check`, 2026-12-04, torch 2.11, bench-synthetic
+# (eager, as the workflow trains); the H100's: the design notes' anchors, not yet measured on the H200.
 RATES = {
-    "moco_pairs_per_s": 2633.0,    # MoCo v1 R50, batch 256, K 65536, global + region mixtures
-    "cmc_pairs_per_s": 2096.0,     # CMC, two R50-half, K 16384, batch 128
-    "probe_images_per_s": 12720.0,  # frozen R50 forward + linear layer
-    "faster_rcnn_s_per_iter": 0.216,  # R50-FPN, 2 images per GPU (also used for RetinaNet)
-    "mask_rcnn_s_per_iter": 0.265,
+    "moco_pairs_per_s": (2793.0, "H200: MoCo v1 R50, batch 256, K 65536, global + region mixtures"),
+    "cmc_pairs_per_s": (2096.0, "H100: CMC, two R50-half, K 16384, batch 128"),
+    "probe_images_per_s": (12720.0, "H100: frozen R50 forward + linear layer"),
+    "faster_rcnn_s_per_iter": (0.216, "V100, mmdetection's model zoo: R50-FPN, 2 images (also RetinaNet's)"),
+    "mask_rcnn_s_per_iter": (0.265, "V100, mmdetection's model zoo: R50-FPN, 2 images"),
 }
 # Compute of an encoder relative to ResNet-50 (FLOPs): R50 w2x has every stage twice as wide.
 ARCH_COST = {"resnet50": 1.0, "resnet50w2": 3.9, "resnet50half": 1.0}
@@ -40,7 +42,8 @@ def _sizes(experiments):
 class Plan:
     def __init__(self, config, preset=None, rates=None):
         self.experiments = Experiments(config, preset)
-        self.rates = {**RATES, **(rates or {})}
+        self.rates = {**{name: rate for name, (rate, _) in RATES.items()}, **(rates or {})}
+        self.sources = {name: "given" if name in (rates or {}) else source for name, (_, source) in RATES.items()}
         self.sizes = _sizes(self.experiments)
 
     def pretrain_cost(self, run, spec):
@@ -94,13 +97,10 @@ class Plan:
         return rows + [total]
 
     def text(self):
-        r = self.rates
-        lines = [f"preset {self.experiments.preset}: GPU-hours at {r['moco_pairs_per_s']:g} MoCo pairs/s, "
-                 f"{r['cmc_pairs_per_s']:g} CMC pairs/s, {r['probe_images_per_s']:g} probe images/s per GPU "
-                 f"(H100, bf16); detection {r['faster_rcnn_s_per_iter']:g}/{r['mask_rcnn_s_per_iter']:g} s per "
-                 "2-image iteration (V100, mmdetection's model zoo)",
-                 f"{'part':<16}{'runs':>6}{'new':>6}{'pretrain images':>18}{'pretrain GPU-h':>16}"
-                 f"{'probe GPU-h':>13}{'detections':>12}{'detect GPU-h':>14}{'GPU-h':>12}"]
+        lines = [f"preset {self.experiments.preset}: GPU-hours per GPU at these rates (bf16; each a flag):"]
+        lines += [f"  --{name.replace('_', '-')} {rate:g}  ({self.sources[name]})" for name, rate in self.rates.items()]
+        lines += [f"{'part':<16}{'runs':>6}{'new':>6}{'pretrain images':>18}{'pretrain GPU-h':>16}"
+                  f"{'probe GPU-h':>13}{'detections':>12}{'detect GPU-h':>14}{'GPU-h':>12}"]
         for row in self.rows():
             lines.append(f"{row['part']:<16}{row['runs']:>6}{row['new_runs']:>6}{row['pretrain_images']:>18,}"
                          f"{row['pretrain_gpu_h']:>16,.1f}{row['probe_gpu_h']:>13,.1f}{row['detections']:>12}"
