@@ -154,12 +154,13 @@ def test_smoke_dag_in_the_image_through_slurm_with_a_requeued_pretraining(cluste
 def test_a_two_node_pretraining_through_the_slurm_profile_resumes_after_a_requeue(cluster, tmp_path):
     """A user trying the multi-node launch: smoke.pretrain.nodes 2 on the two-node partition, one target.
     One SLURM job on both nodes runs one torchrun per node, which meet at the first; two processes train and
-    end with equal weights; the job, requeued mid-run, resumes from last.pth."""
+    end with equal weights; the job, requeued mid-run (SLURM signals every process of the step, the loader
+    workers of each process among them), resumes from last.pth."""
     config = tmp_path / "two-nodes.yaml"
     # both nodes are this machine: SLURM binds a job's tasks to the cores it allocated on each node, which
     # would be the same core on both; two per node gives each rank the machine's two
     slurm = {"partition": "pair", "resources": {"smoke": {"pretrain": {"cpus_per_gpu": 2}}}}
-    config.write_text(yaml.safe_dump({"slurm": slurm, "smoke": {"pretrain": {"nodes": 2}}}))
+    config.write_text(yaml.safe_dump({"slurm": slurm, "smoke": {"pretrain": {"nodes": 2, "workers": 2}}}))
     work = tmp_path / "work"
     work.mkdir()
     target = "results/smoke/pretrain/smoke-moco/checkpoint.pth"
@@ -176,6 +177,8 @@ def test_a_two_node_pretraining_through_the_slurm_profile_resumes_after_a_requeu
     assert {_rule(j) for j in others} == {"synth", "prepare_imagenet"} and all(j["NumNodes"] == "1" for j in others)
     summary = assert_resumed_mid_epoch_and_trained_each_step_once(work, "smoke-moco")
     assert summary["processes"] == 2
+    checkpoint = work / "results" / "smoke" / "pretrain" / "smoke-moco" / "checkpoint.pth"
+    assert torch.load(checkpoint, weights_only=True)["config"]["data"]["workers"] == 2
     digests = summary["parameters_sha256_by_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert summary["provenance"]["hardware"]["slurm_job"]

@@ -105,14 +105,15 @@ def test_multi_gpu_jobs_start_under_torchrun(tmp_path):
 
 
 def test_the_smoke_runs_take_their_shape_from_config(tmp_path):
-    """smoke.pretrain (one process by default) shapes the smoke runs, to try a cluster's multi-GPU or
-    multi-node launch in minutes."""
-    config = _config_with(tmp_path, **{"smoke.pretrain": {"gpus": 2, "nodes": 2}})
+    """smoke.pretrain (one process by default, no loader workers) shapes the smoke runs, to try a cluster's
+    multi-GPU or multi-node launch, or its pre-emption with loader workers, in minutes."""
+    config = _config_with(tmp_path, **{"smoke.pretrain": {"gpus": 2, "nodes": 2, "workers": 3}})
     result = snakemake("-n", "-p", "--configfile", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     pretrain = [line for line in result.stdout.splitlines()
                 if line.startswith("Shell command:") and " pretrain " in line]
     assert len(pretrain) == 4 and all("srun --nodes=2 " in c and " --nproc_per_node=2 " in c for c in pretrain)
+    assert all(" --set data.workers=3 " in c for c in pretrain)
     # the SLURM request: both GPUs on each of 2 nodes, one task per node, the rule's own srun (`mpi`)
     requests = [line for line in result.stdout.splitlines() if "gres=gpu:" in line]
     assert len(requests) == 4 and all(
@@ -120,7 +121,7 @@ def test_the_smoke_runs_take_their_shape_from_config(tmp_path):
 
 
 @pytest.mark.parametrize("changes,fragment", [
-    ({"smoke.pretrain": {"gpus": 3, "nodes": 1}},
+    ({"smoke.pretrain.gpus": 3},
      "smoke.pretrain: 3 GPUs x 1 nodes = 3 processes do not divide smoke-moco's batch of 16"),
     ({"preset": "in1k", "data.imagenet": "/data/imagenet", "experiments.imagenet1k.gpus": 6},
      "experiments.imagenet1k: 6 GPUs x 1 nodes = 6 processes do not divide in1k-moco-resnet50"),
@@ -136,7 +137,7 @@ def test_processes_that_do_not_divide_a_batch_are_refused_before_any_job(tmp_pat
 
 def test_a_multi_node_run_inside_the_image_is_refused(tmp_path):
     """Under --sdm apptainer the rule's srun would run inside the image, which has no SLURM client."""
-    config = _config_with(tmp_path, **{"smoke.pretrain": {"gpus": 1, "nodes": 2}})
+    config = _config_with(tmp_path, **{"smoke.pretrain.nodes": 2})
     result = snakemake("-n", "--sdm", "apptainer", "--configfile", str(config), cwd=tmp_path)
     error = [line for line in result.stderr.splitlines() if line.startswith("flatmix: error:")]
     assert result.returncode != 0 and len(error) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]

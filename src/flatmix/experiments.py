@@ -264,9 +264,11 @@ class Experiments:
         return [self.stand_in_detection(d)[0] for d in self.grids[part].values() if d]
 
     def pretrain_runs(self):
-        """{name: spec} of the runs this preset trains (for smoke: the four smoke runs)."""
+        """{name: spec} of the runs this preset trains (for smoke: the four smoke runs, with
+        `smoke.pretrain.workers`)."""
         if self.smoke:
-            return dict(SMOKE_RUNS)
+            workers = get(self.config, "smoke.pretrain.workers")
+            return {name: merge(spec, {"data": {"workers": workers}}) for name, spec in SMOKE_RUNS.items()}
         names = set().union(*(self.part_runs(p) for p in self.parts()))
         return {n: spec for n, spec in self.runs.items() if n in names}
 
