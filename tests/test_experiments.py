@@ -173,6 +173,10 @@ def test_plan_prints_the_cost_per_table_and_the_total():
                          "--moco-pairs-per-s", "5266", "--cmc-pairs-per-s", "4192")
     faster_total = float(faster.stdout.splitlines()[-1].split()[-1].replace(",", ""))
     assert faster_total < total
+    # each rate with where it was measured, or "given" where a flag set it
+    assert "\n  --moco-pairs-per-s 2793  (H200: " in result.stdout
+    assert "  --moco-pairs-per-s 5266  (given)" in faster.stdout.splitlines()
+    assert "  --probe-images-per-s 12720  (H100: " in faster.stdout
     commands = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml", "--commands")
     assert len(commands.stdout.splitlines()) == runs
 
