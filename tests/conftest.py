@@ -45,6 +45,14 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: (item.module not in imaged, item.module not in slow))
 
 
+def tensorboard_scalars(folder):
+    """{tag: [(step, value)]} of the TensorBoard event files in `folder`, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def assert_one_line_error(result, *fragments):
     """A bad-input failure: non-zero exit, one line on stderr naming the problem, no traceback."""
     assert result.returncode != 0, result

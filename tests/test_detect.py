@@ -16,7 +16,7 @@ from flatmix.detect.configs import MMDET_CONFIGS
 from flatmix.detect.runner import MMENGINE_GLOBALS
 from flatmix.errors import FlatmixError
 from flatmix.models.resnet import build_resnet
-from conftest import assert_one_line_error, run_flatmix
+from conftest import assert_one_line_error, run_flatmix, tensorboard_scalars
 from test_checkpoint_io import Planted
 
 
@@ -151,6 +151,9 @@ def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, t
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["AP50"] <= 100 and 0 <= metrics["recall"] <= 100
     assert (tmp_path / "run" / "work" / "last_checkpoint").is_file()
+    # mmengine's TensorBoard backend
+    events = list((tmp_path / "run" / "work").glob("*/vis_data/events.out.tfevents.*"))
+    assert events and {"loss", "lr"} <= set(tensorboard_scalars(events[0].parent)), events
     # a restart resumes from mmengine's own checkpoint (torch.load of mmengine's objects) and finishes
     (tmp_path / "run" / "metrics.json").unlink()
     again = run_flatmix("detect", "voc-faster-rcnn", "--backbone", backbone, "--data", synth_root / "VOCdevkit",

@@ -13,7 +13,7 @@ from flatmix import linear
 from flatmix.convert import extract_all
 from flatmix.models.cmc import CMC
 from flatmix.models.moco import MoCo
-from conftest import assert_one_line_error, run_flatmix
+from conftest import assert_one_line_error, run_flatmix, tensorboard_scalars
 from test_pretrain import BIN
 from test_progress import plain_lines
 
@@ -93,6 +93,9 @@ def test_probe_resumes_exactly_after_a_kill(prepared, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     history_a, history_b = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in "ab")
     assert history_a == history_b and [h["epoch"] for h in history_a] == [1, 2, 3, 4]  # kept across the kill
+    board = tensorboard_scalars(tmp_path / "b" / "tensorboard")  # the history as TensorBoard scalars, each epoch once
+    assert board["linear/top1"] == [(h["epoch"], pytest.approx(h["top1"])) for h in history_b]
+    assert [step for step, _ in board["linear/loss"]] == [1, 2, 3, 4]
 
 
 def test_probe_progress_off_a_terminal_is_plain_lines(prepared, tmp_path):

@@ -58,11 +58,13 @@ def test_every_run_spec_round_trips_through_set_flags():
 def test_config_values_change_the_runs():
     config = copy.deepcopy(CONFIG)
     config["experiments"]["table1"] = {"epochs": 100, "global_mixes": [3]}
-    config["experiments"]["pretrain"] = {"loader": "pil", "workers": 12, "compile": True}
+    config["experiments"]["pretrain"] = {"loader": "pil", "workers": 12, "compile": True, "knn_every": 5,
+                                         "knn_max_images": 1000}
     e = Experiments(config, "in100-ablation")
     assert "in100-moco-gm3p0.5-e100-k16384" in e.pretrain_runs()
     spec = e.pretrain_runs()["in100-moco-gm3p0.5-e100-k16384"]
     assert (spec["data"], spec["train"]["compile"]) == ({"loader": "pil", "workers": 12}, True)
+    assert (spec["train"]["knn_every"], spec["train"]["knn_max_images"], spec["train"]["knn_k"]) == (5, 1000, 200)
     assert Tables(e).tables["table1"].rows[0][1][0].paper == 76.24  # the paper's 3 mixtures, at any epochs
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, run_flatmix
+from conftest import REPO, assert_one_line_error, run_flatmix, tensorboard_scalars
 from test_progress import plain_lines
 
 BIN = Path(sys.executable).parent
@@ -40,7 +40,9 @@ def _assert_same_weights(a, b):
 
 
 def _losses(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The step lines of metrics.jsonl (the kNN monitor's epoch lines carry no loss)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "loss" in r]
 
 
 def test_ddp_invariants_on_two_cpu_processes():
@@ -98,6 +100,11 @@ def test_sigkill_after_first_epoch_then_restart_is_bitwise_identical(synth_root,
     _assert_same_weights(tmp_path / "checkpoint.pth", uninterrupted / "checkpoint.pth")
     steps = [(r["epoch"], r["step"]) for r in _losses(tmp_path)]
     assert steps == [(r["epoch"], r["step"]) for r in _losses(uninterrupted)]  # each step once
+    # TensorBoard too: the killed run's events past last.pth are purged, each step is shown once
+    board = tensorboard_scalars(tmp_path / "tensorboard")["pretrain/loss"]
+    assert [step for step, _ in board] == [step for step, _ in tensorboard_scalars(uninterrupted / "tensorboard")
+                                           ["pretrain/loss"]]
+    assert [v for _, v in board] == pytest.approx([r["loss"] for r in _losses(tmp_path)])
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(synth_root, tmp_path, uninterrupted):

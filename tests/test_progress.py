@@ -13,10 +13,11 @@ PLAIN_END = re.compile(r" [\d,]+ \w+/s data-wait \d+% eta \d{4}-\d\d-\d\d \d\d:\
 
 
 def plain_lines(stderr, desc):
-    """The progress lines of `desc` in a command's stderr, checked to be plain (no bar's carriage
-    returns) and to end with the rate, the data-wait share and the ETA."""
+    """The progress lines of `desc` in a command's stderr (not the kNN monitor's lines of their own),
+    checked to be plain (no bar's carriage returns) and to end with the rate, the data-wait share and the
+    ETA."""
     assert "\r" not in stderr
-    lines = [line for line in stderr.splitlines() if line.startswith(f"{desc} ")]
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{desc} ") and " knn top1 " not in line]
     for line in lines:
         assert PLAIN_END.search(line), line
     return lines

@@ -81,7 +81,7 @@ def test_report_sets_ours_beside_the_paper_and_links_provenance(tmp_path):
     html = (tmp_path / "report" / "report.html").read_text()
     for table in range(1, 9):
         assert f"## Table {table}" in markdown
-    assert "80.25 (79.8, +0.45)" in markdown  # ours (paper, delta)
+    assert "80.25 n=1 (79.8, +0.45)" in markdown  # ours, one seed (paper, delta)
     assert "pending (78.2)" in markdown and "pending (80.0)" in markdown  # not made: shown, not dropped
     assert "pending (76.16)" in markdown  # Table 1 keeps the paper's two decimals
     assert "abc123" in markdown and "flatmix.sif" in markdown and "86400.0" in markdown
@@ -173,7 +173,8 @@ def test_smoke_report_says_its_numbers_are_not_comparable_and_shows_no_delta(tmp
     statement = "these numbers only show that the pipeline runs"
     assert markdown.index(statement) < markdown.index("## Table 1") and statement in html
     assert "not comparable with the paper's" in markdown
-    assert re.search(r"\[12\.34 \([\d.]+\) smoke\]", markdown)  # ours and the paper's, no difference
+    assert re.search(r"\[12\.34 n=1 \([\d.]+\) smoke\]", markdown)  # ours and the paper's, no difference
+    assert markdown.index("this section exercises the machinery, it is not evidence") > markdown.index("## Claims")
     assert "[diverged (79.8) smoke]" in markdown
     assert not re.search(r"\(\d+\.\d+, [+-]\d", markdown)  # no cell carries a delta
 
@@ -258,7 +259,7 @@ def test_report_links_each_result_to_its_files_relative_to_the_report(tmp_path):
         (results / log).write_text("done\n")
     markdown, html = _report(config, results, tmp_path / "report")
     report = tmp_path / "report"
-    assert len(_assert_links_stay_local(html, report)) == 6  # 5 of the made run's files, 1 of the bare one's
+    assert len(set(_assert_links_stay_local(html, report))) == 6  # 5 of the made run's files, 1 of the bare one's
     assert all((report / unquote(link)).is_file() for link in re.findall(r"\]\(([^#)][^)]*)\)", markdown))
     entry = _section(markdown, f"### {linear_result(made)}")
     for label, rel in (("metrics", linear_result(made)), ("log", f"logs/linear/{made}.log"),
@@ -330,3 +331,59 @@ def test_report_explains_the_marks_under_each_table(tmp_path):
     assert "diverged" not in table7a
     assert html.count('<p class="terms">') == len(Tables(Experiments(dict(CONFIG, preset="smoke"))).tables)
     assert "<em>n/a</em>: made, but" in html
+
+
+def _seeded(preset, seeds):
+    return dict(CONFIG, preset=preset, experiments={**CONFIG["experiments"], "seeds": seeds})
+
+
+def test_a_cell_of_several_seeds_shows_its_mean_interval_and_n(tmp_path):
+    """Table 5's MoCo G+R over three seeds: the mean ± the 95% t half-width, n, and the difference of the
+    mean to the paper; a seed not made yet is said to be pending, and its neighbours' cells still count."""
+    config = _seeded("in100-main", {"table5": 3})
+    e = Experiments(config)
+    run = e.roles["moco-ours-800"]
+    assert e.replicas(run) == [run, f"{run}-s1", f"{run}-s2"]
+    results = tmp_path / "results"
+    # mean 81, sd 1: half-width 4.303 / sqrt(3)
+    for replica, top1 in zip(e.replicas(run), (80.0, 81.0, 82.0), strict=False):
+        _write(results / linear_result(replica), {"top1": top1, "top5": 95.0})
+    for replica, top1 in zip(e.replicas(e.roles["moco-800"])[:2], (78.0, 79.0), strict=False):
+        _write(results / linear_result(replica), {"top1": top1, "top5": 95.0})
+    markdown, html = _report(config, results, tmp_path / "report")
+    assert "81.00 ± 2.48 n=3 (79.8, +1.20)" in markdown
+    assert "78.50 ± 6.35 n=2, 1 pending (78.2, +0.30)" in markdown
+    _assert_links_stay_local(html, tmp_path / "report")  # each seed's provenance entry is an anchor of the page
+    from flatmix.report import anchor
+    assert f'id="{anchor(Probe(run + "-s2"))}"' in html
+
+
+def test_claims_give_a_verdict_on_every_claim_from_welch_intervals(tmp_path):
+    """Every claim of flatmix.paper.CLAIMS is a row with a verdict: here Table 5's MoCo claims from three
+    seeds a side (reproduced, opposite, inconclusive), those on one seed inconclusive, the rest not run;
+    the kNN column judges the same runs on kNN top-1."""
+    from flatmix.layout import Knn
+    from flatmix.paper import CLAIMS
+    config = _seeded("in100-main", 3)
+    e = Experiments(config)
+    grid = e.grids["table5"]["moco"]
+    made = {"800": (78.0, 78.2, 78.4), "G+R": (79.6, 79.8, 80.0),  # clearly above 800: reproduced
+            "G": (77.0, 77.2, 77.4),                               # clearly below 800: opposite
+            "R": (77.5, 79.0, 80.5)}                               # spans 800's: inconclusive
+    for key, values in made.items():
+        for replica, top1 in zip(e.replicas(grid[key]), values, strict=False):
+            _write(results_file := tmp_path / "results" / linear_result(replica), {"top1": top1, "top5": 95.0})
+            _write(results_file.parents[2] / Knn(replica).path, {"top1": top1 - 10, "top5": 90.0})
+    _write(tmp_path / "results" / linear_result(grid["240"]), {"top1": 73.0, "top5": 90.0})  # one seed only
+    markdown, html = _report(config, tmp_path / "results", tmp_path / "report")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown.split("## Claims")[1].split("\n## ")[0]
+            .splitlines() if line.startswith("| ") and not line.startswith("| claim")}
+    assert len(rows) == len(CLAIMS)
+    assert all(re.search(r"\*\*(reproduced|opposite|inconclusive|not run)\*\*", row) for row in rows.values())
+    both = rows["MoCo at 800 epochs: global and region mixtures improve it"]
+    assert "| +1.60 | +1.60 [+1.15, +2.05] | 3 / 3 | yes | **reproduced** | +1.60 [+1.15, +2.05] | reproduced |" in both
+    assert "**opposite**" in rows["MoCo at 800 epochs: global mixtures improve it"]
+    assert "**inconclusive**" in rows["MoCo at 800 epochs: region mixtures improve it"]
+    assert "| 3 / 1 |" in rows["MoCo: 800 epochs beat 240"] and "**inconclusive**" in rows["MoCo: 800 epochs beat 240"]
+    assert "**not run**" in rows["ImageNet-1K R50: the mixtures improve MoCo"]
+    assert 'id="claim-moco-gr-helps"' in html and "exercises the machinery" not in markdown

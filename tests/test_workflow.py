@@ -67,8 +67,8 @@ def test_real_roots_replace_synthesis(tmp_path):
 
 
 def test_paper_preset_plans_every_table(tmp_path):
-    """`preset: paper` with real-shaped roots: every pretraining run, a probe for each, the detections,
-    one report."""
+    """`preset: paper` with real-shaped roots: every pretraining run, a probe and a kNN for each, the
+    detections, one report."""
     imagenet, voc, coco = tmp_path / "imagenet", tmp_path / "VOCdevkit", tmp_path / "coco"
     for folder in (imagenet / "train", imagenet / "val", voc / "VOC2007", voc / "VOC2012", coco / "train2017"):
         folder.mkdir(parents=True)
@@ -81,7 +81,7 @@ def test_paper_preset_plans_every_table(tmp_path):
     counts = {line.split()[0]: int(line.split()[1]) for line in (result.stdout + result.stderr).splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["pretrain"] >= 45
-    assert counts["linear"] == counts["pretrain"]
+    assert counts["linear"] == counts["knn"] == counts["pretrain"]
     assert counts["detect"] >= 12 + 4  # and the outside checkpoint's four
     assert counts["report"] == 1 and counts["prepare_imagenet"] == 2  # ImageNet-100 and ImageNet-1K
     assert "synth" not in counts
@@ -239,6 +239,10 @@ def test_smoke_dag_end_to_end(tmp_path):
         losses = [h["loss"] for h in metrics["history"]]
         assert not metrics["diverged"] and losses[-1] < losses[0], metrics["history"]
         assert metrics["top1"] >= 5 * 100 / metrics["classes"], metrics["top1"]
+        knn = json.loads((results / "knn" / run / "metrics.json").read_text())
+        assert 0 <= knn["top1"] <= knn["top5"] <= 100 and knn["k"] == 200 and "git_commit" in knn["provenance"]
+        monitor = [json.loads(line) for line in (results / "pretrain" / run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in monitor if "knn_top1" in m] == [0, 1]  # after each of the 2 epochs
     assert (results / "convert" / "smoke-moco" / "backbone-mmdet.pth").is_file()
     assert (results / "convert" / "smoke-cmc" / "l-torchvision.pth").is_file()
     assert [p.name for p in (results / "flatness").iterdir()] == ["in100"]  # not the paper's ImageNet-1K one
@@ -273,3 +277,30 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert own.returncode == 0, own.stderr[-2000:]
     own_html = (tmp_path / "snakemake-report.html").read_text()
     assert "figure4.png" in own_html and "Figure 5 on ImageNet-100" in own_html  # the caption takes the title
+
+    # two seeds: seed 0's results stay made (the same names and settings); the DAG adds each run's seed 1,
+    # 8 pretraining runs with 8 kNN evaluations in all, and the report shows intervals and claim verdicts
+    (tmp_path / "seeded").mkdir()
+    seeded = str(_config_with(tmp_path / "seeded", results=root.name, **{"experiments.seeds": 2}))
+    plan = snakemake("-n", "--quiet", "rules", "--configfile", seeded, cwd=tmp_path)
+    counts = {line.split()[0]: int(line.split()[1]) for line in (plan.stdout + plan.stderr).splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["pretrain"] == counts["linear"] == counts["knn"] == counts["detect"] == 4, counts
+    runs = [f"{run}-s1" for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix")]
+    targets = [f"{root.name}/smoke/{kind}/{run}/metrics.json" for run in runs for kind in ("linear", "knn")]
+    made = snakemake("--profile", profile, "--configfile", seeded, *targets, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert sorted(p.name for p in (results / "knn").iterdir()) == sorted(runs + [r[:-3] for r in runs])
+    for run in runs:
+        spec = yaml.safe_load((results / "pretrain" / run / "config.yaml").read_text())
+        monitor = [json.loads(line) for line in (results / "pretrain" / run / "metrics.jsonl").read_text().splitlines()]
+        assert spec["seed"] == 1 and [m["epoch"] for m in monitor if "knn_top1" in m] == [0, 1]
+        assert list((results / "pretrain" / run / "tensorboard").glob("events.out.tfevents.*"))
+    report = run_flatmix("report", "--config", seeded, "--results", results, "--out", tmp_path / "seeded-report")
+    assert report.returncode == 0, report.stderr[-3000:]
+    markdown = (tmp_path / "seeded-report" / "report.md").read_text()
+    assert re.search(r"\[\d+\.\d\d ± \d+\.\d\d n=2 \(79\.8\) smoke\]", markdown)  # Table 5's MoCo +G+R
+    claims = markdown.split("## Claims")[1].split("\n## ")[0]
+    assert "exercises the machinery, it is not evidence" in claims
+    judged = [line for line in claims.splitlines() if "| 2 / 2 |" in line]  # the smoke runs' MoCo, CMC G+R claims
+    assert len(judged) == 2 and all(re.search(r"\*\*(reproduced|opposite|inconclusive)\*\*", row) for row in judged)

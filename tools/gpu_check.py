@@ -40,7 +40,8 @@ MIB = 1024 * 1024
 CARRY_LIMIT = 64 * MIB  # what travels with a device run, this folder and the working tree together
 # What the GPU machine's Python lacks among mmengine's, mmdet's, pycocotools' and flatmix's needs (its
 # image has torch, torchvision, numpy, opencv-python-headless, matplotlib, scipy, pyyaml, rich, tqdm,
-# pillow, attrs, six, setuptools, wheel, ninja: /work/.library/device/KINDS.md). Versions: envs/requirements.txt.
+# pillow, attrs, six, setuptools, wheel, ninja, tensorboard: /work/.library/device/KINDS.md).
+# Versions: envs/requirements.txt.
 CARRIED = ("mmengine", "mmdet", "pycocotools", "addict", "yapf", "platformdirs", "termcolor", "shapely",
            "terminaltables", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py")
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_27_x86_64",
@@ -453,9 +454,12 @@ def _pretrain_args(run, name, method, mixture, epochs, small, workers=None):
 
 
 def _pretrain_numbers(run, name, summary):
-    metrics = [json.loads(line) for line in (run.work / "pretrain" / name / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run.work / "pretrain" / name / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in records if "loss" in m]  # the kNN monitor's lines carry knn_top1 instead
     pairs = max(m["pairs_per_s"] for m in metrics)
-    return f"{len(metrics)} log lines, final loss {summary['final_loss']:.3f}, up to {pairs:,.0f} pairs/s"
+    knn = [m["knn_top1"] for m in records if "knn_top1" in m]
+    return (f"{len(metrics)} log lines, final loss {summary['final_loss']:.3f}, up to {pairs:,.0f} pairs/s"
+            + (f", kNN top-1 {knn[-1]:.1f}%" if knn else ""))
 
 
 def pretrain_stage(method, level):
@@ -502,7 +506,7 @@ def stage_pretrain_sigterm_resume(run):
     last = torch.load(folder / "last.pth", map_location="cpu", weights_only=True)
     stopped = (last["epoch"], last["step"])
     summary = _last_json(run.sh(name, argv))
-    steps = [(m["epoch"], m["step"]) for m in map(json.loads, metrics.read_text().splitlines())]
+    steps = [(m["epoch"], m["step"]) for m in map(json.loads, metrics.read_text().splitlines()) if "loss" in m]
     if len(steps) != len(set(steps)) or summary["epochs"] != epochs:
         raise StageFailed(f"the resumed run logged some steps twice or ended early: {steps}")
     return f"SIGTERM -> exit {status}, last.pth at epoch {stopped[0]} step {stopped[1]}; resumed to {steps[-1]}, " \

@@ -87,6 +87,15 @@ def _linear(args):
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "diverged", "epochs", "protocol")}))
 
 
+def _knn(args):
+    from flatmix.knn import run
+    paths.output_folder("--out", args.out)
+    paths.refuse_overlap({"--out": args.out}, {"--backbone": args.backbone, "--data": args.data})
+    metrics = run(args.backbone, args.data, args.out, k=args.k, t=args.t, batch_size=args.batch_size,
+                  image_size=args.image_size, workers=args.workers, max_images=args.max_images)
+    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "k", "t", "bank_images", "val_images")}))
+
+
 def _flatness(args):
     from flatmix.flatness import run
     paths.output_folder("--out", args.out)
@@ -239,6 +248,21 @@ def build_parser():
     p.add_argument("--feature-norm", action="store_true",
                    help="a parameter-free BatchNorm before the linear layer (MAE's probe; not the paper's protocol)")
     p.set_defaults(run=_linear)
+
+    from flatmix.knn import K, T
+    p = commands.add_parser("knn", help="weighted kNN classification on a frozen backbone (top-1, top-5)")
+    p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads")
+    p.add_argument("--data", required=True, help="a prepared data set: train/ the bank, val/ the queries")
+    p.add_argument("--out", required=True, help="folder for metrics.json")
+    p.add_argument("--k", type=_at_least(1), default=K, help="neighbours that vote (default: %(default)s)")
+    p.add_argument("--t", type=_above_zero, default=T, help="temperature of the votes' exp(cosine / t) weights "
+                                                            "(default: %(default)s)")
+    p.add_argument("--max-images", type=_at_least(1), help="at most this many images of each of train/ and val/, "
+                                                           "spread over the classes (default: all)")
+    p.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (default: %(default)s)")
+    p.add_argument("--image-size", type=_at_least(16), default=224, help="centre crop side in pixels")
+    p.add_argument("--workers", type=_at_least(0), default=8, help="data loader workers per process")
+    p.set_defaults(run=_knn)
 
     p = commands.add_parser("flatness", help="Figure 5: sorted softmax of the final layer, per backbone")
     p.add_argument("--backbone", required=True, action="append", metavar="NAME=CKPT",

@@ -23,7 +23,7 @@ import re
 from flatmix.detect import TASKS
 from flatmix.errors import FlatmixError
 from flatmix.layout import Detection
-from flatmix.presets import PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture
+from flatmix.presets import PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture, seed_replica
 from flatmix.workflow_config import check_renamed, get, merge
 
 PRESET_PARTS = {
@@ -56,6 +56,8 @@ SMOKE_STANDINS = {  # the smoke runs, and which paper run (by its role) each imi
     "smoke-moco": "moco-800", "smoke-moco-mix": "moco-ours-800", "smoke-cmc": "cmc-800",
     "smoke-cmc-mix": "cmc-ours-800",
 }
+SEEDED_PARTS = (*PRESET_PARTS["paper"], "smoke")  # the keys of a per-part `experiments.seeds` map
+MAX_SEEDS = 100  # as the workflow's schema
 SMOKE_TRANSFER = "smoke-moco-mix"  # the smoke run fine-tuned in the transfer tables' first "ours" row
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -102,8 +104,42 @@ class Experiments:
         made = {"in100"} if self.smoke else {FIGURE5_PARTS[p] for p in self.parts() if p in FIGURE5_PARTS}
         self.flatness = {key: self._figure5_made(self.grids[part]) for part, key in FIGURE5_PARTS.items()
                          if key in made}
+        self.seeds = self._seeds()
+        self.base = {replica: run for run in self.seeds for replica in self.replicas(run)}  # replica -> its run
 
     # ---- the runs -------------------------------------------------------------------------------
+    def _seeds(self):
+        """{run: how many seeds it is trained with}: `experiments.seeds`, one number for every part or a
+        map from part (or `smoke`) to a number, the rest 1; a run several parts share takes the most."""
+        setting = get(self.config, "experiments.seeds")
+        if isinstance(setting, dict):
+            if unknown := sorted(map(str, set(setting) - set(SEEDED_PARTS))):
+                raise FlatmixError(f"experiments.seeds: unknown part {unknown[0]!r}; known: {', '.join(SEEDED_PARTS)}")
+            per_part = {part: setting.get(part, 1) for part in SEEDED_PARTS}
+        else:
+            per_part = dict.fromkeys(SEEDED_PARTS, setting)
+        for part, n in per_part.items():  # `flatmix plan` reads the config without the workflow's schema
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
+                key = f"experiments.seeds.{part}" if isinstance(setting, dict) else "experiments.seeds"
+                raise FlatmixError(f"{key}: {n!r} is not a number of seeds from 1 to {MAX_SEEDS}")
+        seeds = dict.fromkeys(SMOKE_RUNS, per_part["smoke"])
+        for part in PRESET_PARTS["paper"]:
+            for run in self._named_runs(part):
+                seeds[run] = max(seeds.get(run, 1), per_part[part])
+        return seeds
+
+    def replicas(self, run):
+        """The names of a run's seeds, seed 0 first (its own name); a backbone that is not a pretraining
+        run here (random init., an outside checkpoint) has one."""
+        return [seed_replica(run, s) for s in range(self.seeds.get(run, 1))]
+
+    def _spec(self, replica):
+        """The spec of one seed of a run: the run's, with that seed."""
+        run = self.base[replica]
+        spec = SMOKE_RUNS[run] if run in SMOKE_RUNS else self.runs[run]
+        seed = self.replicas(run).index(replica)
+        return merge(spec, {"seed": seed}) if seed else spec
+
     def _in100(self, method, epochs, mix=None, K=None):
         c = get(self.config, "experiments.imagenet100")
         name, spec = in100_run(method, epochs, mix or {}, K or c["K"], c["batch_size"])
@@ -116,8 +152,11 @@ class Experiments:
 
     def _add(self, name, spec, dataset):
         how = get(self.config, "experiments.pretrain")
+        knn = get(self.config, "knn")  # the monitor votes as the final kNN does
         self.runs[name] = merge(spec, {"data": {"loader": how["loader"], "workers": how["workers"]},
-                                       "train": {"compile": how["compile"]}})
+                                       "train": {"compile": how["compile"], "knn_every": how["knn_every"],
+                                                 "knn_max_images": how["knn_max_images"], "knn_k": knn["k"],
+                                                 "knn_t": knn["t"]}})
         self.datasets[name] = dataset
         return name
 
@@ -250,35 +289,52 @@ class Experiments:
         """smoke | paper: the sizes the stages run at (detection's --scale, slurm.resources' key)."""
         return "smoke" if self.smoke else "paper"
 
-    def part_runs(self, part):
-        """The pretraining runs one table or figure needs (in the smoke preset: the stand-ins in place of
-        the runs they stand in for)."""
+    def _named_runs(self, part):
+        """The pretraining runs one table or figure names (one name each, not its seeds)."""
         if part in DETECTION_PARTS:
-            return {d.backbone for d in self.part_detections(part) if d.backbone in {**self.runs, **SMOKE_RUNS}}
-        return {self.stand_in(run)[0] for run in _runs(self.grids[part])}
+            return {d.backbone for d in self.grids[part].values() if d and d.backbone in self.runs}
+        return set(_runs(self.grids[part]))
+
+    def part_runs(self, part):
+        """The pretraining runs one table or figure needs, every seed of each (in the smoke preset: the
+        stand-ins in place of the runs they stand in for)."""
+        if part in DETECTION_PARTS:
+            return {d.backbone for d in self.part_detections(part) if d.backbone in self.base}
+        return {replica for run in _runs(self.grids[part]) for replica in self.replicas(self.stand_in(run)[0])}
 
     def part_detections(self, part):
-        """[Detection] one table fine-tunes (in the smoke preset: the stand-in's in place of "ours")."""
+        """[Detection] one table fine-tunes, from every seed of each backbone (in the smoke preset: the
+        stand-in's in place of "ours")."""
         if part not in DETECTION_PARTS:
             return []
-        return [self.stand_in_detection(d)[0] for d in self.grids[part].values() if d]
+        return [d._replace(backbone=replica) for d in (self.stand_in_detection(d)[0] for d in self.grids[part].values()
+                                                       if d)
+                for replica in self.replicas(d.backbone)]
 
     def pretrain_runs(self):
-        """{name: spec} of the runs this preset trains (for smoke: the four smoke runs, with
-        `smoke.pretrain.workers`)."""
+        """{name: spec} of the runs this preset trains, every seed of each, seed 0 first (for smoke: the four
+        smoke runs, with `smoke.pretrain.workers` and the votes of `smoke.knn`)."""
         if self.smoke:
-            workers = get(self.config, "smoke.pretrain.workers")
-            return {name: merge(spec, {"data": {"workers": workers}}) for name, spec in SMOKE_RUNS.items()}
+            knn = get(self.config, "smoke.knn")
+            settings = {"data": {"workers": get(self.config, "smoke.pretrain.workers")},
+                        "train": {"knn_k": knn["k"], "knn_t": knn["t"]}}
+            return {r: merge(self._spec(r), settings) for run in SMOKE_RUNS for r in self.replicas(run)}
         names = set().union(*(self.part_runs(p) for p in self.parts()))
-        return {n: spec for n, spec in self.runs.items() if n in names}
+        return {r: self._spec(r) for run in self.runs for r in self.replicas(run) if r in names}
 
     def dataset_of(self, run):
-        return "imagenet100" if run in SMOKE_RUNS else self.datasets[run]
+        base = self.base.get(run, run)
+        return "imagenet100" if base in SMOKE_RUNS else self.datasets[base]
+
+    def seed_of(self, run):
+        """The seed a run (one of a run's replicas) trains with."""
+        return self.replicas(self.base[run]).index(run)
 
     def detections(self):
         """[Detection] this preset fine-tunes."""
         if self.smoke:
-            return [Detection(SMOKE_TRANSFER, task, bn) for task, bn in DETECTION_PARTS.values()]
+            return [Detection(r, task, bn) for r in self.replicas(SMOKE_TRANSFER)
+                    for task, bn in DETECTION_PARTS.values()]
         return list(dict.fromkeys(d for part in self.parts() for d in self.part_detections(part)))
 
     def missing_roots(self):

@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader
 
 from flatmix import atomic, provenance
 from flatmix.convert import extract_all
+from flatmix.data.eval_transforms import val_transform
 from flatmix.data.loading import image_folder
 from flatmix.errors import FlatmixError
-from flatmix.linear import LinearProbe, val_transform
+from flatmix.linear import LinearProbe
 from flatmix.progress import Progress
 
 matplotlib.use("Agg")

@@ -3,7 +3,7 @@ other), the data every preset shares under RESULTS/data/, and inside a preset's 
 of result. The one home of these paths: the rules (workflow/rules/common.smk), `flatmix plan --commands`
 and the report all ask the objects here, and none builds or parses a path of its own.
 
-A result is addressed by a key (Pretraining, Probe, Detection, Flatness) whose `.path` is its file and
+A result is addressed by a key (Pretraining, Probe, Knn, Detection, Flatness) whose `.path` is its file and
 whose `.log` is its rule's log, both relative to the preset's folder.
 """
 
@@ -69,6 +69,15 @@ class Probe(_Result, namedtuple("Probe", "run")):
     @property
     def folder(self):
         return f"linear/{self.run}"
+
+
+class Knn(_Result, namedtuple("Knn", "run")):
+    """The kNN classification of a pretraining run's final backbone."""
+    __slots__ = ()
+
+    @property
+    def folder(self):
+        return f"knn/{self.run}"
 
 
 class Detection(_Result, namedtuple("Detection", "backbone task bn")):

@@ -17,17 +17,17 @@ import time
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from torchvision import transforms as T
 
 from flatmix import atomic, provenance
 from flatmix.checkpoint_io import load_own_state
 from flatmix.convert import arch_name, extract_all
-from flatmix.data.augment import CMC_NORMALISE, IMAGENET_MEAN, IMAGENET_STD, AugmentedImages, rgb_to_lab, \
-    rgb_to_ycbcr
+from flatmix.data.augment import AugmentedImages
+from flatmix.data.eval_transforms import train_transform, val_transform
 from flatmix.data.loading import image_folder
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
-from flatmix.models.resnet import WideResNet
+from flatmix.metrics_log import MetricsLog
+from flatmix.models.resnet import frozen_backbone, pooled_features
 from flatmix.pretrain import step_lr
 from flatmix.progress import Progress
 
@@ -45,22 +45,6 @@ def diverged(history):
     return None in losses or losses[-1] > DIVERGENCE_FACTOR * losses[0]
 
 
-def _colour_steps(colour):
-    """What follows ToTensor for the space the encoder was pretrained in."""
-    if colour == "RGB":
-        return [T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    mean, std = CMC_NORMALISE[colour]
-    return [T.Lambda(rgb_to_ycbcr if colour == "YCbCr" else rgb_to_lab), T.Normalize(mean, std)]
-
-
-def train_transform(size, colour):
-    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), *_colour_steps(colour)])
-
-
-def val_transform(size, colour):
-    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), *_colour_steps(colour)])
-
-
 class LinearProbe(nn.Module):
     """Frozen backbone(s) (always in eval mode) and the head trained on their pooled features: the linear
     layer, after a parameter-free BatchNorm when `feature_norm` (MAE's linear probe; off in the paper's
@@ -68,16 +52,8 @@ class LinearProbe(nn.Module):
 
     def __init__(self, backbones, num_classes, feature_norm=False):
         super().__init__()
-        encoders = []
-        for b in backbones:
-            net = WideResNet(b.arch["layers"], b.arch["stem"], b.arch["width"], b.arch["in_channels"])
-            net.fc = nn.Identity()
-            net.load_state_dict(b.state, strict=True)
-            net.requires_grad_(False)
-            encoders.append(net)
+        encoders = [frozen_backbone(b.arch, b.state) for b in backbones]
         self.encoders = nn.ModuleList(encoders)
-        # which input channels each encoder reads: RGB (MoCo) all three; CMC's halves 0 and 1-2
-        self.channels = [slice(None)] if len(encoders) == 1 else [slice(0, 1), slice(1, 3)]
         self.feature_dim = sum(e.feature_dim for e in encoders)
         linear = nn.Linear(self.feature_dim, num_classes)
         nn.init.normal_(linear.weight, 0.0, 0.01)
@@ -92,7 +68,7 @@ class LinearProbe(nn.Module):
 
     def features(self, x):
         with torch.no_grad():
-            return torch.cat([e(x[:, c]) for e, c in zip(self.encoders, self.channels)], dim=1)
+            return pooled_features(self.encoders, x)
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -177,6 +153,7 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
     steps = len(loader)
+    board = MetricsLog(out, "linear", jsonl=None, resume_step=epoch if history else None) if env.main else None
     progress = Progress("linear", cfg["epochs"] * steps, done=epoch * steps, unit="img", per_step=cfg["batch_size"],
                         enabled=env.main)
     while epoch < cfg["epochs"]:
@@ -204,11 +181,15 @@ def _train(cfg, backbones, train_set, val_set, classes, out, env, workers):
         mean_loss = (loss_sum[0] / loss_sum[1]).item()
         history.append({"epoch": epoch, "loss": mean_loss if math.isfinite(mean_loss) else None,  # JSON has no NaN
                         "top1": top1, "top5": top5})
+        if board:
+            board.write(history[-1], epoch)
         if env.main:
             atomic.write_torch(last, {"config": cfg, "epoch": epoch, "head": probe.head.state_dict(),
                                       "optimizer": optimizer.state_dict(), "history": history})
         env.barrier()
     progress.close()
+    if board:
+        board.close()
     bad = diverged(history)
     b = backbones[0]
     metrics = {"top1": None if bad else history[-1]["top1"], "top5": None if bad else history[-1]["top5"],

@@ -40,6 +40,74 @@ TABLE8B = {"moco": (31.2, 51.3, 33.3, 29.1, 48.2, 30.6),
            "ours-k16384": (32.8, 53.3, 35.1, 30.3, 50.1, 32.1),
            "ours-k65536": (33.7, 54.4, 36.5, 31.1, 51.3, 32.7)}
 
+# The paper's claims, each a comparison it states in its text or shows in its tables: what it says, where,
+# and its terms, [(+1 | -1, address)], whose sum is the claimed difference (positive: the claim holds). An
+# address names a cell as flatmix.tables.Tables.cell reads it, or a Figure 5 curve ("figure5" | "figure5-in100",
+# label) by its maximum probability; the paper's own difference is the same sum of its numbers above. Figure
+# 5 has no numbers, so its claims carry the sign the paper shows instead.
+def _vs(better, worse):
+    return ((+1, better), (-1, worse))
+
+
+def _gain_grows(method):  # the mixtures' gain at 800 epochs minus their gain at 240 (Figure 4)
+    return ((+1, ("figure4", method, "ours", 800)), (-1, ("figure4", method, "baseline", 800)),
+            (-1, ("figure4", method, "ours", 240)), (+1, ("figure4", method, "baseline", 240)))
+
+
+MOCO_400 = ("figure4", "moco", "baseline", 400)  # Tables 1-3's baseline: MoCo at 400 epochs without mixtures
+CLAIMS = (
+    {"id": "global-helps-moco", "claim": "global mixtures (4 mixes) improve MoCo at 400 epochs",
+     "source": "Table 1, Figure 4", "terms": _vs(("table1", 4), MOCO_400)},
+    {"id": "global-more-than-2", "claim": "more global mixes than 2 do better: 4 against 2",
+     "source": "Table 1, text", "terms": _vs(("table1", 4), ("table1", 2))},
+    {"id": "region-helps-moco", "claim": "region mixtures (5 mixes) improve MoCo at 400 epochs",
+     "source": "Table 2, Figure 4", "terms": _vs(("table2", 5), MOCO_400)},
+    {"id": "region-more-than-2", "claim": "more region mixes than 2 do better: 5 against 2",
+     "source": "Table 2, text", "terms": _vs(("table2", 5), ("table2", 2))},
+    {"id": "region-beats-global", "claim": "region mixtures beat global ones, each at its best count",
+     "source": "Tables 1-2, text", "terms": _vs(("table2", 5), ("table1", 4))},
+    {"id": "decay-helps", "claim": "context pixel decay 0.2 beats no decay (1.0)",
+     "source": "Table 3", "terms": _vs(("table3", 0.2), ("table3", 1.0))},
+    {"id": "global-helps-cmc", "claim": "global mixtures (p 0.1) improve CMC at 800 epochs",
+     "source": "Table 4", "terms": _vs(("table4", "G", 0.1), ("table4", "baseline"))},
+    {"id": "cmc-both-beat-global", "claim": "CMC: global and region mixtures together beat global alone (p 0.1)",
+     "source": "Table 4, text", "terms": _vs(("table4", "G+R", 0.1), ("table4", "G", 0.1))},
+    {"id": "cmc-small-p", "claim": "CMC wants a small global probability: p 0.1 beats p 0.4",
+     "source": "Table 4, text", "terms": _vs(("table4", "G", 0.1), ("table4", "G", 0.4))},
+    *({"id": f"{m}-budget", "claim": f"{name}: 800 epochs beat 240", "source": "Table 5, Figure 4",
+       "terms": _vs(("table5", m, "800"), ("table5", m, "240"))} for m, name in (("moco", "MoCo"), ("cmc", "CMC"))),
+    *({"id": f"{m}-{key.lower().replace('+', '')}-helps", "claim": f"{name} at 800 epochs: {what} improve it",
+       "source": "Table 5", "terms": _vs(("table5", m, key), ("table5", m, "800"))}
+      for m, name in (("moco", "MoCo"), ("cmc", "CMC"))
+      for key, what in (("G", "global mixtures"), ("R", "region mixtures"), ("G+R", "global and region mixtures"))),
+    *({"id": f"{m}-both-beat-best-single", "claim": f"{name} at 800 epochs: both mixtures beat the better one alone "
+       f"({single})", "source": "Table 5, text", "terms": _vs(("table5", m, "G+R"), ("table5", m, key))}
+      for m, name, key, single in (("moco", "MoCo", "R", "region"), ("cmc", "CMC", "G", "global"))),
+    {"id": "moco-region-beats-global-800", "claim": "MoCo at 800 epochs: region mixtures beat global ones",
+     "source": "Table 5, text", "terms": _vs(("table5", "moco", "R"), ("table5", "moco", "G"))},
+    *({"id": f"{m}-gain-grows", "claim": f"{name}: the mixtures' gain grows with epochs (800 against 240)",
+       "source": "Figure 4, text", "terms": _gain_grows(m)} for m, name in (("moco", "MoCo"), ("cmc", "CMC"))),
+    {"id": "cmc-moco-gap-shrinks", "claim": "without mixtures, CMC's lead over MoCo shrinks from 240 to 800 epochs",
+     "source": "Figure 4, text",
+     "terms": ((+1, ("figure4", "cmc", "baseline", 240)), (-1, ("figure4", "moco", "baseline", 240)),
+               (-1, ("figure4", "cmc", "baseline", 800)), (+1, ("figure4", "moco", "baseline", 800)))},
+    *({"id": f"in1k-{arch}", "claim": f"ImageNet-1K {label}: the mixtures improve MoCo", "source": "Table 6",
+       "terms": _vs(("table6", arch, "ours"), ("table6", arch, "baseline"))}
+      for arch, label in (("resnet50", "R50"), ("resnet50w2", "R50 w2x"))),
+    *({"id": f"flatter-{key}", "claim": f"the mixtures flatten the final layer's softmax ({where}): a lower "
+       "mean maximum probability", "source": "Figure 5", "sign": -1,
+       "terms": _vs((key, "MoCo + mixtures"), (key, "MoCo"))}
+      for key, where in (("figure5", "ImageNet-1K"), ("figure5-in100", "ImageNet-100, not the paper's setting"))),
+    *({"id": f"{table}-k{K}-{metric.lower()}", "claim": f"{what}: ours (K={K}) beats MoCo in {label}",
+       "source": f"Table {table[5:]}", "terms": _vs((table, f"ours-k{K}", metric), (table, "moco", metric))}
+      for table, what, metric, label in (("table7a", "VOC Faster R-CNN, BN trained", "AP50", "AP50"),
+                                         ("table7b", "VOC Faster R-CNN, BN frozen", "AP50", "AP50"),
+                                         ("table8a", "COCO RetinaNet", "bbox_AP", "box AP"),
+                                         ("table8b", "COCO Mask R-CNN", "bbox_AP", "box AP"),
+                                         ("table8b", "COCO Mask R-CNN", "mask_AP", "mask AP"))
+      for K in (16384, 65536)),
+)
+
 # Sizes of the real data sets, for the cost plan before any data is prepared
 IMAGENET100_TRAIN, IMAGENET100_VAL = 126_689, 5_000
 IMAGENET1K_TRAIN, IMAGENET1K_VAL = 1_281_167, 50_000

@@ -13,6 +13,7 @@ from flatmix.detect import TASKS
 from flatmix.experiments import PRESET_PARTS, Experiments
 from flatmix.launch import pretrain_command, run_shape
 from flatmix.linear import PROTOCOLS
+from flatmix.workflow_config import get
 
 # (per-GPU rate, where it was measured). The H200's: `tools/gpu-check`, 2026-12-04, torch 2.11, bench-synthetic
 # (eager, as the workflow trains); the H100's: the design notes' anchors, not yet measured on the H200.
@@ -61,8 +62,24 @@ class Plan:
         linear = self.experiments.settings("linear")
         epochs = PROTOCOLS[dataset]["epochs"] if linear["epochs"] is None else linear["epochs"]
         train, val = self.sizes[dataset]
-        images = epochs * (train + val)
+        return self._frozen_forward_gpu_h(epochs * (train + val), spec)
+
+    def _frozen_forward_gpu_h(self, images, spec):
+        """GPU-hours of `images` through a run's frozen encoder, at the probe's rate."""
         return images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / self.rates["probe_images_per_s"] / 3600
+
+    def knn_cost(self, run, spec):
+        """GPU-hours of one run's kNN: the monitor's checks during pretraining (every train.knn_every epochs
+        and after the last, each encoding at most train.knn_max_images of train and of val) and the final
+        `flatmix knn` (config `knn`), at the probe's rate (the same frozen forward, nothing to train)."""
+        train, val = self.sizes[self.experiments.dataset_of(run)]
+        t = spec["train"]
+        every, cap = t.get("knn_every", 0), t.get("knn_max_images")
+        checks = len({*range(every, t["epochs"] + 1, every), t["epochs"]}) if every else 0
+        final_cap = self.experiments.settings("knn")["max_images"]
+        images = checks * sum(min(n, cap or n) for n in (train, val)) + sum(min(n, final_cap or n)
+                                                                            for n in (train, val))
+        return self._frozen_forward_gpu_h(images, spec)
 
     def detection_gpu_h(self, task):
         images = DETECTION_EPOCHS * self.sizes[TASKS[task]]
@@ -88,22 +105,28 @@ class Plan:
                          "pretrain_images": sum(images for images, _ in costs),
                          "pretrain_gpu_h": sum(hours for _, hours in costs),
                          "probe_gpu_h": sum(self.probe_cost(r, runs[r]) for r in new_runs),
+                         "knn_gpu_h": sum(self.knn_cost(r, runs[r]) for r in new_runs),
                          "detections": len(detections),
                          "detect_gpu_h": sum(self.detection_gpu_h(task) for _, task, _ in new_detections)})
         total = {key: sum(row[key] for row in rows) for key in rows[0] if key != "part"}
         total.update(part="total", runs=total["new_runs"], detections=len(counted_detections))
         for row in rows + [total]:
-            row["gpu_h"] = row["pretrain_gpu_h"] + row["probe_gpu_h"] + row["detect_gpu_h"]
+            row["gpu_h"] = row["pretrain_gpu_h"] + row["probe_gpu_h"] + row["knn_gpu_h"] + row["detect_gpu_h"]
         return rows + [total]
 
     def text(self):
         lines = [f"preset {self.experiments.preset}: GPU-hours per GPU at these rates (bf16; each a flag):"]
         lines += [f"  --{name.replace('_', '-')} {rate:g}  ({self.sources[name]})" for name, rate in self.rates.items()]
+        seeds = get(self.experiments.config, "experiments.seeds")
+        seeds = (", ".join(f"{part} {n}" for part, n in seeds.items()) + ", the rest 1") if isinstance(seeds, dict) \
+            else str(seeds)
+        lines += [f"seeds per run (experiments.seeds): {seeds}; each seed is a run of its own, counted below"]
         lines += [f"{'part':<16}{'runs':>6}{'new':>6}{'pretrain images':>18}{'pretrain GPU-h':>16}"
-                  f"{'probe GPU-h':>13}{'detections':>12}{'detect GPU-h':>14}{'GPU-h':>12}"]
+                  f"{'probe GPU-h':>13}{'kNN GPU-h':>11}{'detections':>12}{'detect GPU-h':>14}{'GPU-h':>12}"]
         for row in self.rows():
             lines.append(f"{row['part']:<16}{row['runs']:>6}{row['new_runs']:>6}{row['pretrain_images']:>18,}"
-                         f"{row['pretrain_gpu_h']:>16,.1f}{row['probe_gpu_h']:>13,.1f}{row['detections']:>12}"
+                         f"{row['pretrain_gpu_h']:>16,.1f}{row['probe_gpu_h']:>13,.1f}{row['knn_gpu_h']:>11,.1f}"
+                         f"{row['detections']:>12}"
                          f"{row['detect_gpu_h']:>14,.1f}{row['gpu_h']:>12,.1f}")
         return "\n".join(lines)
 

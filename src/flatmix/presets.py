@@ -47,6 +47,13 @@ DEFAULTS = {
         "compile": False,       # torch.compile the encoders (fixed shapes; the first steps compile)
         "checkpoint_every": 1,  # epochs between last.pth writes
         "log_every": 10,        # steps between metrics.jsonl lines
+        # the kNN monitor (flatmix.knn): every knn_every epochs and after the last (0: off), InstDisc's
+        # weighted vote of the knn_k nearest training images at temperature knn_t, data.root's train/ the
+        # bank and val/ the queries, at most knn_max_images of each (null: all)
+        "knn_every": 0,
+        "knn_k": 200,
+        "knn_t": 0.1,
+        "knn_max_images": None,
     },
 }
 
@@ -83,7 +90,8 @@ SCHEMA = _obj(
         epochs=_int(1), batch_size=_int(1), lr=_num(0, above=True), momentum=_num(0, 1), weight_decay=_num(0),
         schedule={"enum": ["step", "cosine"]}, milestones={"type": "array", "items": _int(1)},
         precision={"enum": ["fp32", "bf16"]}, channels_last={"type": "boolean"}, compile={"type": "boolean"},
-        checkpoint_every=_int(1), log_every=_int(1),
+        checkpoint_every=_int(1), log_every=_int(1), knn_every=_int(0), knn_k=_int(1), knn_t=_num(0, above=True),
+        knn_max_images={"anyOf": [{"type": "null"}, _int(1)]},
     ),
 )
 
@@ -142,12 +150,18 @@ def in1k_run(arch, epochs, mix, K, batch_size):
     return f"in1k-moco-{arch}{_tag(mix)}-e{epochs}-k{K}", run
 
 
+def seed_replica(name, seed):
+    """The name of a run's copy trained with seed `seed` (experiments.seeds): seed 0 keeps the run's own
+    name, so results made before there were seeds stay valid; seed s > 0 adds `-s<s>`."""
+    return name if seed == 0 else f"{name}-s{seed}"
+
+
 def _smoke(method, mixed):
     """The real architectures (so the checkpoints feed mmdetection) on 32-pixel images, for a CPU."""
     run = {"method": method, "seed": 0,
            "data": {"image_size": 32, "workers": 0},
            "model": {"arch": "resnet50" if method == "moco" else "resnet50half", "dim": 32},
-           "train": {"epochs": 2, "batch_size": 16, "lr": 0.03, "milestones": [1], "log_every": 1}}
+           "train": {"epochs": 2, "batch_size": 16, "lr": 0.03, "milestones": [1], "log_every": 1, "knn_every": 1}}
     if method == "moco":
         run["moco"] = {"K": 64, "m": 0.99}
     else:

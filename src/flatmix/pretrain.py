@@ -29,6 +29,8 @@ from flatmix.data.augment import cmc_transform, moco_transform
 from flatmix.data.batches import LOADERS, PretrainBatches
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
+from flatmix.knn import KnnMonitor
+from flatmix.metrics_log import TENSORBOARD, MetricsLog
 from flatmix.mixture import Mixer
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
@@ -38,8 +40,12 @@ from flatmix.presets import SCHEMA
 from flatmix.progress import Progress, Window
 from flatmix.runconfig import flatten
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "checkpoint.pth", "summary.json")  # all a run writes
+# all a run writes
+RUN_FILES = ("config.yaml", "metrics.jsonl", TENSORBOARD, "last.pth", "checkpoint.pth", "summary.json")
 CHECKPOINT_FORMAT = "flatmix-pretrain/1"
+# Settings that only watch the run (the kNN monitor reads the model and leaves it and every random stream
+# as they were: tests/test_knn.py): a run continues, or counts as complete, whatever they are.
+WATCHING = ("train.knn_every", "train.knn_k", "train.knn_t", "train.knn_max_images")
 
 
 def _validate(cfg):
@@ -184,7 +190,7 @@ def _set_rng_state(state, mixer):
 
 def _config_difference(saved, cfg):
     a, b = flatten(saved), flatten(cfg)
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in WATCHING)
 
 
 def _load_last(path, cfg, force):
@@ -235,6 +241,7 @@ class _LastCheckpoint:
     def __init__(self, path, cfg, model, optimizer, mixer, env, loss, earlier_s, signalled):
         self.path, self.cfg, self.model, self.optimizer, self.mixer, self.env = path, cfg, model, optimizer, mixer, env
         self.loss = loss  # the last logged loss, which last.pth and the result report
+        self.knn = []  # the kNN monitor's results so far, [{"epoch", "top1", ...}]
         self.earlier_s, self.started = earlier_s, time.time()
         self.signalled = signalled
 
@@ -251,7 +258,8 @@ class _LastCheckpoint:
         if self.env.main:
             atomic.write_torch(self.path, {"config": self.cfg, "epoch": epoch, "step": step,
                                            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                           "rng": rng, "loss": self.loss, "wall_time_s": self.wall_time_s()})
+                                           "rng": rng, "loss": self.loss, "knn": self.knn,
+                                           "wall_time_s": self.wall_time_s()})
         self.env.barrier()
 
     def stop(self, epoch, step, progress):
@@ -286,6 +294,7 @@ def _train(cfg, out, env, force, signalled):
     batches = pretrain_batches(cfg, env, root)
     if batches.steps_per_epoch() == 0:
         raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {t['batch_size']}")
+    monitor = KnnMonitor(cfg, env)
     if env.main:
         paths.claim_folder(out, "pretrain", RUN_FILES)
     last = out / "last.pth"
@@ -306,26 +315,39 @@ def _train(cfg, out, env, force, signalled):
     random.seed(cfg["seed"] + env.rank)
     epoch, start_step, loss, earlier_s = _resume(state, last, model, optimizer, mixer, env)
     checkpoint = _LastCheckpoint(last, cfg, model, optimizer, mixer, env, loss, earlier_s, signalled)
+    checkpoint.knn = state.get("knn", []) if state else []
     net = env.wrap(model)
     steps = batches.steps_per_epoch()
     progress = Progress("pretrain", t["epochs"] * steps, done=epoch * steps + start_step, unit="pairs",
                         per_step=t["batch_size"], enabled=env.main)
-    metrics = open(out / "metrics.jsonl", "a") if env.main else None
+    resumed = epoch * steps + start_step if state else None
+    metrics = MetricsLog(out, "pretrain", resume_step=resumed) if env.main else None
+
+    def end_epoch(epoch):
+        """After `epoch` epochs: the kNN monitor when due, then last.pth. A stop signal exits here (before
+        the kNN, or cutting it short; the continued run does it first), unless all is done."""
+        stopping = checkpoint.stop_requested()
+        if monitor.due(epoch, checkpoint.knn) and not stopping:
+            _knn(monitor, model, epoch, steps, progress, metrics, checkpoint)
+            stopping = checkpoint.stop_requested()
+        if stopping and (epoch < t["epochs"] or monitor.due(epoch, checkpoint.knn)):
+            checkpoint.stop(epoch, 0, progress)
+        if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
+            checkpoint.save(epoch, 0)
+
+    if start_step == 0 and monitor.due(epoch, checkpoint.knn) and epoch > 0:  # a stop came before its kNN
+        end_epoch(epoch)
     while epoch < t["epochs"]:
         adjust_learning_rate(optimizer, cfg, epoch)
         _train_epoch(cfg, net, optimizer, mixer, batches, epoch, start_step, progress, metrics, checkpoint)
         epoch, start_step = epoch + 1, 0
-        stopping = checkpoint.stop_requested()
-        if stopping and epoch < t["epochs"]:
-            checkpoint.stop(epoch, 0, progress)
-        if stopping or epoch % t["checkpoint_every"] == 0 or epoch == t["epochs"]:
-            checkpoint.save(epoch, 0)
+        end_epoch(epoch)
     progress.close()
     weights = env.gather(_parameters_sha256(model))
     if len(set(weights)) > 1:
         raise FlatmixError(f"the {env.world} processes ended with different weights (sha256 {', '.join(weights)}); "
                            "checkpoint.pth is not written")
-    result = {"epochs": t["epochs"], "final_loss": checkpoint.loss, "processes": env.world,
+    result = {"epochs": t["epochs"], "final_loss": checkpoint.loss, "knn": checkpoint.knn, "processes": env.world,
               "parameters_sha256_by_rank": weights,
               "device": str(env.device), "wall_time_s": round(checkpoint.wall_time_s(), 1)}
     if env.main:
@@ -361,13 +383,27 @@ def _train_epoch(cfg, net, optimizer, mixer, batches, epoch, start_step, progres
             progress.show(f"epoch {epoch + 1}/{t['epochs']} step {step + 1}/{steps} loss {loss_value:.4f} "
                           f"acc1 {acc1_value:.1f}% lr {lr:.4g}", force=step + 1 == steps)
             if metrics:
-                metrics.write(json.dumps({"epoch": epoch, "step": step + 1, "loss": loss_value, "acc1": acc1_value,
-                                          "lr": lr, "pairs_per_s": pairs, "data_wait": data_wait,
-                                          "skipped_images": batches.skipped_images(),
-                                          "time": time.time()}) + "\n")
-                metrics.flush()
+                metrics.write({"epoch": epoch, "step": step + 1, "loss": loss_value, "acc1": acc1_value, "lr": lr,
+                               "pairs_per_s": pairs, "data_wait": data_wait, "skipped_images": batches.skipped_images(),
+                               "time": time.time()}, epoch * steps + step + 1)
         if checkpoint.stop_requested() and step + 1 < steps:
             checkpoint.stop(epoch, step + 1, progress)
+
+
+def _knn(monitor, model, epoch, steps, progress, metrics, checkpoint):
+    """The kNN monitor after `epoch` epochs: into last.pth's history, metrics.jsonl (a line at the epoch's
+    last step) and the progress log; nothing when a stop signal cut it short."""
+    result = monitor.evaluate(model, lambda: checkpoint.signalled.raised)
+    if result is None:
+        return
+    checkpoint.knn = [*checkpoint.knn, {"epoch": epoch, **result}]
+    if progress.enabled:  # a line of its own: the progress lines' rate is the training's
+        print(f"pretrain epoch {epoch}/{monitor.epochs} knn top1 {result['top1']:.2f}% top5 {result['top5']:.2f}% "
+              f"({result['queries']} queries, bank {result['bank']}, {result['seconds']:.0f} s)", file=sys.stderr,
+              flush=True)
+    if metrics:
+        metrics.write({"epoch": epoch - 1, "step": steps, "knn_top1": result["top1"], "knn_top5": result["top5"],
+                       "time": time.time()}, epoch * steps)
 
 
 def _resume(state, last, model, optimizer, mixer, env):

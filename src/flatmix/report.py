@@ -11,6 +11,7 @@ flatmix.experiments, so a report made by hand from partial results has the same 
 """
 
 import base64
+from dataclasses import replace
 from datetime import datetime, timezone
 import json
 import os
@@ -24,7 +25,9 @@ import matplotlib
 from flatmix import atomic, provenance
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
-from flatmix.layout import Detection, Flatness, Pretraining, Probe, preset_folder
+from flatmix.claims import VERDICTS, claims_view
+from flatmix.layout import Detection, Flatness, Knn, Pretraining, Probe, preset_folder
+from flatmix.stats import mean_interval
 from flatmix.tables import Tables
 from flatmix.workflow_config import load_config
 
@@ -84,12 +87,14 @@ class Results:
         except (OSError, json.JSONDecodeError) as e:
             raise FlatmixError(f"{path} is not a readable metrics file: {e}") from None
 
-    def value(self, cell):
-        metrics = self.read(cell.result.path)
-        return None if metrics is None else metrics.get(cell.metric)
+    def values(self, cell):
+        """A cell's number on each of its seeds made so far (diverged probes and absent numbers left out)."""
+        metrics = [self.read(r.path) for r in cell.replicas]
+        return [m[cell.metric] for m in metrics if m and not m.get("diverged") and m.get(cell.metric) is not None]
 
     def made(self, cell):
-        return self.read(cell.result.path) is not None
+        """How many of a cell's seeds are made."""
+        return sum(self.read(r.path) is not None for r in cell.replicas)
 
 
 def cell_view(cell, results):
@@ -98,19 +103,30 @@ def cell_view(cell, results):
         return {"text": "–", "href": None, "state": "none", "terms": ["–"]}
     paper = "–" if cell.paper is None else f"{cell.paper:.{cell.digits}f}"
     terms = ["–"] if cell.paper is None else []
-    if not results.made(cell):
+    made = results.made(cell)
+    if not made:
         return {"text": f"pending ({paper})", "href": None, "state": "pending", "terms": ["pending", *terms]}
-    ours = results.value(cell)
-    if results.read(cell.result.path).get("diverged"):
+    values = results.values(cell)
+    if not values and any((results.read(r.path) or {}).get("diverged") for r in cell.replicas):
         text, terms = f"diverged ({paper})", ["diverged", *terms]
-    elif ours is None:  # e.g. an AP of a size the data holds no object of
+    elif not values:  # e.g. an AP of a size the data holds no object of
         text, terms = f"n/a ({paper})", ["n/a", *terms]
-    elif cell.paper is None or cell.smoke:
-        text = f"{ours:.2f} ({paper})"
     else:
-        text = f"{ours:.2f} ({paper}, {ours - cell.paper:+.2f})"
-    return {"text": text + (" smoke" if cell.smoke else ""), "href": "#" + anchor(cell.result),
+        mean, half = mean_interval(values)
+        of = f" of {made}" if len(values) < made else ""  # the rest diverged
+        ours = f"{mean:.2f}" + ("" if half is None else f" ± {half:.2f}") + f" n={len(values)}{of}"
+        ours += f", {len(cell.replicas) - made} pending" if made < len(cell.replicas) else ""
+        delta = "" if cell.paper is None or cell.smoke else f", {mean - cell.paper:+.2f}"
+        text = f"{ours} ({paper}{delta})"
+    first = next(r for r in cell.replicas if results.read(r.path) is not None)  # its provenance entry
+    return {"text": text + (" smoke" if cell.smoke else ""), "href": "#" + anchor(first),
             "state": "smoke" if cell.smoke else "made", "terms": terms + (["smoke"] if cell.smoke else [])}
+
+
+def seed_cells(cell):
+    """A cell per seed of a cell: its result and pretraining run, for provenance entries."""
+    for r in cell.replicas:
+        yield replace(cell, result=r, run=cell.run and (r.run if isinstance(r, Probe) else r.backbone), replicas=(r,))
 
 
 def table_terms(rows):
@@ -257,7 +273,7 @@ def figure4(tables, results, path):
                 if paper:
                     ax.plot(*zip(*paper), color="0.6", linestyle=style, marker="o", markersize=4,
                             label=f"paper, {label}")
-                ours = [(ep, results.value(c)) for ep, c in points if results.made(c) and results.value(c) is not None]
+                ours = [(ep, mean_interval(v)[0]) for ep, c in points if (v := results.values(c))]
                 smoke = any(c.smoke for _, c in points if results.made(c))
                 if ours:
                     ax.plot(*zip(*ours), color=colour, linestyle=style, marker="s",
@@ -297,6 +313,50 @@ CURVE_PANELS = (("pretraining", 0, "pretraining loss", "log"),
                 ("pretraining", 1, "contrastive top-1 (%)", "linear"),
                 ("linear", 0, "linear-probe training loss", "log"),
                 ("linear", 1, "linear-probe val top-1 (%)", "linear"))
+
+
+def _accuracy_text(metrics, key):
+    if metrics is None:
+        return "pending"
+    if metrics.get("diverged"):
+        return "diverged"
+    return "n/a" if metrics.get(key) is None else f"{metrics[key]:.2f}"
+
+
+def evaluations_view(experiments, results, out):
+    """[{run, linear, knn_top1, knn_top5, links}]: each pretraining run's linear top-1 beside its kNN top-1
+    and top-5 (the paper reports no kNN: ours only)."""
+    rows = []
+    for run in experiments.pretrain_runs():
+        probe, knn = results.read(Probe(run).path), results.read(Knn(run).path)
+        rows.append({"run": run, "linear": _accuracy_text(probe, "top1"), "knn_top1": _accuracy_text(knn, "top1"),
+                     "knn_top5": _accuracy_text(knn, "top5"),
+                     "links": links([("probe", Probe(run).path), ("kNN", Knn(run).path), ("kNN log", Knn(run).log)],
+                                    results, out)})
+    return rows
+
+
+def _judged_text(judged):
+    """(difference with its interval, n per cell) of a judged claim, as the report prints them."""
+    if judged["verdict"] == "not run":
+        return "–", " / ".join(map(str, judged["n"]))
+    interval = "" if judged["low"] is None else f" [{judged['low']:+.2f}, {judged['high']:+.2f}]"
+    return f"{judged['ours']:+.2f}{interval}", " / ".join(map(str, judged["n"]))
+
+
+def claim_rows(claims):
+    """The Claims table's rows: the paper's difference, ours on linear top-1 (or the claim's metric) with
+    its interval, n per cell, whether the paper's difference lies inside, the verdict, and the same on kNN."""
+    rows = []
+    for c in claims:
+        ours, n = _judged_text(c["linear"])
+        inside = "–" if c["smoke"] else {True: "yes", False: "no", None: "–"}[c["linear"]["inside"]]
+        paper = ("lower" if c["sign"] < 0 else "higher") if c["paper"] is None else f"{c['paper']:+.2f}"
+        knn = _judged_text(c["knn"])[0] if c["knn"] else "–"
+        rows.append({"id": c["id"], "claim": c["claim"], "source": c["source"], "paper": paper, "ours": ours, "n": n,
+                     "inside": inside, "verdict": c["linear"]["verdict"], "knn": knn,
+                     "knn_verdict": c["knn"]["verdict"] if c["knn"] else "–", "smoke": c["smoke"]})
+    return rows
 
 
 def curves_view(experiments, results):
@@ -372,7 +432,7 @@ def build_view(experiments, paper_tables, results, config_path, out):
         tables.append({"key": table.key, "title": table.title, "columns": table.columns, "rows": rows,
                        "terms": table_terms(rows)})
     entries, seen = [], set()
-    for cell in paper_tables.cells():
+    for cell in (one for c in paper_tables.cells() for one in seed_cells(c)):
         if results.made(cell) and cell.result not in seen:
             seen.add(cell.result)
             entries.append(_provenance_entry(cell, results, out))
@@ -392,6 +452,9 @@ def build_view(experiments, paper_tables, results, config_path, out):
         "tables": tables,
         "made": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] in ("made", "smoke")),
         "pending": sum(1 for t in tables for r in t["rows"] for c in r["cells"] if c["state"] == "pending"),
+        "evaluations": evaluations_view(experiments, results, out),
+        "claims": claim_rows(claims_view(experiments, paper_tables, results)),
+        "verdicts": VERDICTS,
         "figure5": figure5_view(experiments, results, out),
         "curves": curves_view(experiments, results),
         "shared": shared,

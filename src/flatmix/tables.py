@@ -12,6 +12,9 @@ from flatmix.layout import Detection, Probe
 from flatmix.workflow_config import get
 
 TABLES = tuple(part for part in PRESET_PARTS["paper"] if part.startswith("table"))
+# The paper's linear top-1 of each probe part, in the shape of its grid (flatmix.experiments)
+PUBLISHED = {"table1": paper.TABLE1, "table2": paper.TABLE2, "table3": paper.TABLE3, "table4": paper.TABLE4,
+             "table5": paper.TABLE5, "figure4": paper.FIGURE4, "table6": paper.TABLE6}
 # The transfer tables: {metric: column}, title, the paper's values per backbone (flatmix.paper's keys)
 _VOC = {"AP50": "AP50", "recall": "Recall"}
 DETECTION_LAYOUT = {
@@ -27,13 +30,15 @@ DETECTION_LAYOUT = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One number of a table: the result that holds it, under which key, and the paper's value."""
-    result: Probe | Detection
+    """One number of a table: the results that hold it (one per seed of its run, seed 0's first), under
+    which key, and the paper's value."""
+    result: Probe | Detection  # seed 0's, whose files the report links
     metric: str
     paper: float | None
     run: str | None = None  # the pretraining run behind it (None: random init. or an outside checkpoint)
     smoke: bool = False     # a smoke run standing in for the paper's
     digits: int = 1         # decimals the paper prints
+    replicas: tuple = ()    # every seed's result, seed 0's first
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Tables:
     def __init__(self, experiments):
         self.e = experiments
         self.detection_standin = None  # {row, run}: the transfer tables' row a smoke run stands in for
+        self.detection_cells = {}      # (table, paper's backbone key, metric) -> Cell, for flatmix.claims
         self.tables = {key: getattr(self, "_" + key)() for key in TABLES if key not in DETECTION_PARTS}
         self.tables |= {key: self._detection_table(key) for key in DETECTION_PARTS}
         self.figure4 = {method: {series: [(ep, self._probe(run, paper.FIGURE4[method][series].get(ep)))
@@ -63,7 +69,7 @@ class Tables:
 
     def _probe(self, run, value, digits=1):
         used, smoke = self.e.stand_in(run)
-        return Cell(Probe(used), "top1", value, used, smoke, digits)
+        return Cell(Probe(used), "top1", value, used, smoke, digits, tuple(map(Probe, self.e.replicas(used))))
 
     def _sweep(self, key, title, column, label, published, digits):
         """Tables 1-3: one row over the values of one parameter."""
@@ -128,8 +134,25 @@ class Tables:
                 self.detection_standin = {"row": label, "run": used.backbone}
             run = used.backbone if smoke or used.backbone in self.e.runs else None
             values = published.get(paper_key, (None,) * len(metrics))
-            rows.append((label, [Cell(used, m, v, run, smoke) for m, v in zip(metrics, values)]))
+            replicas = tuple(used._replace(backbone=b) for b in self.e.replicas(used.backbone))
+            cells = [Cell(used, m, v, run, smoke, replicas=replicas) for m, v in zip(metrics, values, strict=True)]
+            rows.append((label, cells))
+            self.detection_cells |= {(key, paper_key, m): c for m, c in zip(metrics, cells, strict=True)}
         return Table(key, title, list(metrics.values()), rows)
+
+    def cell(self, address):
+        """The cell at an address of flatmix.paper.CLAIMS, or None where this config has no such run:
+        (part, key, ...) walks a probe part's grid (e.g. ("table5", "moco", "G+R"), ("figure4", "cmc",
+        "ours", 800)); (table, backbone, metric) picks a transfer cell (("table7a", "ours-k16384", "AP50"))."""
+        part, *keys = address
+        if part in DETECTION_PARTS:
+            return self.detection_cells.get(tuple(address))
+        run, published = self.e.grids[part], PUBLISHED[part]
+        for key in keys:
+            if not isinstance(run, dict) or key not in run:
+                return None
+            run, published = run[key], (published or {}).get(key)
+        return self._probe(run, published)
 
     def cells(self):
         """Every cell of the tables and Figure 4 (not the "–" ones), in the report's order."""

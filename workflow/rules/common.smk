@@ -17,7 +17,7 @@ from flatmix.errors import FlatmixError
 from flatmix import launch, layout
 from flatmix.experiments import Experiments
 from flatmix.launch import launcher
-from flatmix.layout import Detection, Flatness, Pretraining, Probe
+from flatmix.layout import Detection, Flatness, Knn, Pretraining, Probe
 
 RESULTS = layout.preset_folder(config)
 DATA = layout.data_folder(config)
@@ -183,10 +183,13 @@ def converted(run):
     return [results(f"convert/{run}/backbone-{t}") for t in ("torchvision.pth", "mmdet.pth", "detectron2.pkl")]
 
 
-def linear_options():
-    """`flatmix linear` arguments from config (null: the protocol's value); the smoke preset has its own."""
+def linear_options(run):
+    """`flatmix linear` arguments from config (null: the protocol's value; the smoke preset has its own),
+    and the seed of the run's replica (seed 0, the default, unsaid: a probe made before seeds stays made)."""
     c = EXPERIMENTS.settings("linear")
     args = ["--batch-size", c["batch_size"], "--image-size", c["image_size"], "--workers", c["workers"]]
+    if seed := EXPERIMENTS.seed_of(run):
+        args += ["--seed", seed]
     if c["epochs"] is not None:
         args += ["--epochs", c["epochs"]]
     if c["lr"] is not None:
@@ -196,6 +199,14 @@ def linear_options():
     if c["feature_norm"]:
         args += ["--feature-norm"]
     return args
+
+
+def knn_options():
+    """`flatmix knn` arguments from config `knn` (the smoke preset: `smoke.knn`)."""
+    c = EXPERIMENTS.settings("knn")
+    args = ["--k", c["k"], "--t", c["t"], "--batch-size", c["batch_size"], "--image-size", c["image_size"],
+            "--workers", c["workers"]]
+    return args + (["--max-images", c["max_images"]] if c["max_images"] is not None else [])
 
 
 def pretrain_settings(run, data):
@@ -223,6 +234,10 @@ def detections():
 
 def linear_results():
     return [results(Probe(run).path) for run in PRETRAIN_RUNS]
+
+
+def knn_results():
+    return [results(Knn(run).path) for run in PRETRAIN_RUNS]
 
 
 def flatness_outputs():

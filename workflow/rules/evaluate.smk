@@ -1,4 +1,4 @@
-# Evaluation: backbone conversion, the linear probe on each pretraining run, and Figure 5 (one per
+# Evaluation: backbone conversion, the linear probe and kNN on each pretraining run, and Figure 5 (one per
 # EXPERIMENTS.flatness key: the paper's on ImageNet-1K, the ImageNet-100 one of smoke and in100-main).
 
 
@@ -33,7 +33,7 @@ rule linear:
     params:
         data=lambda wildcards, input: Path(input.data).parent,
         out=lambda wildcards, output: Path(output[0]).parent,
-        options=linear_options(),
+        options=lambda wildcards: linear_options(wildcards.run),
         launcher=launcher(rule_gpus("linear")),
     resources:
         **job_resources("linear"),
@@ -41,6 +41,28 @@ rule linear:
         results(Probe("{run}").log),
     shell:
         "{params.launcher} linear --backbone {input.checkpoint:q} --data {params.data:q} --out {params.out:q}"
+        " {params.options:q} 2> {log:q}"
+
+
+rule knn:
+    input:
+        checkpoint=lambda wildcards: pretrained(wildcards.run),
+        data=lambda wildcards: prepared(EXPERIMENTS.dataset_of(wildcards.run)),
+    output:
+        results(Knn("{run}").path),
+    wildcard_constraints:
+        run=one_of(PRETRAIN_RUNS),
+    params:
+        data=lambda wildcards, input: Path(input.data).parent,
+        out=lambda wildcards, output: Path(output[0]).parent,
+        options=knn_options(),
+        launcher=launcher(rule_gpus("knn")),
+    resources:
+        **job_resources("knn"),
+    log:
+        results(Knn("{run}").log),
+    shell:
+        "{params.launcher} knn --backbone {input.checkpoint:q} --data {params.data:q} --out {params.out:q}"
         " {params.options:q} 2> {log:q}"
 
 

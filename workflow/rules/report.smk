@@ -7,6 +7,7 @@
 rule report:
     input:
         linear=linear_results(),
+        knn=knn_results(),
         detections=detections(),
         flatness=flatness_outputs(),
     output:

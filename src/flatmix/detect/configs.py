@@ -113,6 +113,8 @@ def build_config(task, data_root, mmdet_backbone, init_checkpoint, bn, scale, sy
     if imports:
         cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2)
+    # the logged losses and metrics also as TensorBoard events (work/<timestamp>/vis_data/), beside mmengine's JSON
+    cfg.visualizer.vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
     cfg.flatmix = dict(task=task, scale=scale, bn=bn, data_root=str(data_root),
                        backbone=str(init_checkpoint) if init_checkpoint else "random")
     return cfg

@@ -31,6 +31,10 @@ class CMC(nn.Module):
     def encoders(self):
         return [self.l_to_ab, self.ab_to_l]
 
+    def backbones(self):
+        """The encoders the evaluations read, in flatmix.convert's order (L first)."""
+        return self.encoders()
+
     def embed(self, x):
         """The encoders' outputs for the two views of x [B, 3, H, W] (channel 0 | channels 1-2)."""
         l, ab = torch.split(x, [1, 2], dim=1)

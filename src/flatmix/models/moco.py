@@ -38,6 +38,10 @@ class MoCo(nn.Module):
     def encoders(self):
         return [self.encoder_q, self.encoder_k]
 
+    def backbones(self):
+        """The encoder the evaluations read (kNN, the probe after convert): the query encoder."""
+        return [self.encoder_q]
+
     @torch.no_grad()
     def momentum_update(self):
         """key = m * key + (1 - m) * query, for parameters (BN buffers are the key encoder's own)."""

@@ -8,6 +8,7 @@ uses, so that every checkpoint converts to torchvision, mmdetection and detectro
 - resnet_tiny:   a one-block-per-stage, 1/8-width Bottleneck ResNet for CPU tests (256-d).
 """
 
+import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
@@ -46,6 +47,27 @@ class WideResNet(ResNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+    def pooled(self, x):
+        """The pooled features before `fc`, whatever `fc` holds (a classifier, MoCo's head, nothing)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def pooled_features(encoders, x):
+    """What the evaluations on frozen features read: one encoder's pooled features of x, or CMC's two
+    encoders' on their channels of x (L | ab, or Y | CbCr) side by side."""
+    views = [x] if len(encoders) == 1 else torch.split(x, [1, 2], dim=1)
+    return torch.cat([e.pooled(v) for e, v in zip(encoders, views, strict=False)], dim=1)
+
+
+def frozen_backbone(arch, state):
+    """A backbone without its fc from a converted state dict and its `arch` (flatmix.convert), frozen."""
+    net = WideResNet(arch["layers"], arch["stem"], arch["width"], arch["in_channels"])
+    net.fc = nn.Identity()
+    net.load_state_dict(state, strict=True)
+    return net.requires_grad_(False)
 
 
 def build_resnet(arch, num_classes=1000, in_channels=3):
