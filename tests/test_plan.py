@@ -112,3 +112,23 @@ def test_launcher_is_fixed_text_and_two_integers():
                               "--rdzv_endpoint=$(hostname):29400 -m flatmix")
     with pytest.raises(ValueError):
         launcher("4; touch PWNED")
+
+
+def test_a_plan_at_3_seeds_costs_3_times_the_pretraining_and_probing_and_says_so(tmp_path):
+    """Every seed is a run of its own: 3 seeds triple the runs, the pretraining, the probing and kNN, and
+    the detections of the seeded backbones (random initialisation is fine-tuned once); the plan prints
+    the seeds it assumed."""
+    config = load_config(REPO / "config.yaml")
+    one = Plan(config, "paper").rows()[-1]
+    config["experiments"]["seeds"] = 3
+    plan = Plan(config, "paper")
+    three = plan.rows()[-1]
+    for key in ("runs", "pretrain_images", "pretrain_gpu_h", "probe_gpu_h", "knn_gpu_h"):
+        assert three[key] == pytest.approx(3 * one[key]), key
+    assert three["detections"] == 3 * (one["detections"] - 1) + 1
+    assert "seeds per run (experiments.seeds): 3;" in plan.text()
+    (tmp_path / "seeds.yaml").write_text("experiments: {seeds: {table5: 3, table6: 2}}\n")
+    result = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml",
+                         "--config", tmp_path / "seeds.yaml")
+    assert result.returncode == 0
+    assert "seeds per run (experiments.seeds): table5 3, table6 2, the rest 1;" in result.stdout
