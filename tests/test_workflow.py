@@ -288,7 +288,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert counts["pretrain"] == counts["linear"] == counts["knn"] == counts["detect"] == 4, counts
     runs = [f"{run}-s1" for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix")]
     targets = [f"{root.name}/smoke/{kind}/{run}/metrics.json" for run in runs for kind in ("linear", "knn")]
-    made = snakemake("--profile", profile, "--configfile", seeded, *targets, cwd=tmp_path)
+    made = snakemake(*targets, "--profile", profile, "--configfile", seeded, cwd=tmp_path)  # --configfile takes 1+
     assert made.returncode == 0, made.stderr[-3000:]
     assert sorted(p.name for p in (results / "knn").iterdir()) == sorted(runs + [r[:-3] for r in runs])
     for run in runs:

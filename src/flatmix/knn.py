@@ -39,13 +39,13 @@ QUERY_CHUNK = 256  # queries scored against the whole bank at once
 
 class ReadableImages(Dataset):
     """An image folder whose files that fail to decode are passed over for the next readable one, with
-    that one's label (flatmix.data.loading.SkipUnreadable, warned about once): the monitor must not fail
+    that one's label (flatmix.data.loading.SkipUnreadable, warned about once, as kNN's): the monitor must not fail
     a run that training carries over a bad image."""
 
     def __init__(self, images):
         self.images, self.classes = images, images.classes
         self.labels = dict(images.samples)
-        self.files = SkipUnreadable([path for path, _ in images.samples])
+        self.files = SkipUnreadable([path for path, _ in images.samples], reader="skipped by kNN")
 
     def __len__(self):
         return len(self.images)

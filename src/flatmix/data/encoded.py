@@ -43,7 +43,7 @@ class EncodedImages(Dataset):
         try:
             payload, encoded, (width, height) = _read(self.paths[index])
         except UnreadableImage as e:
-            self.files.flag(index, e)
+            self.files.flag(index, e, "skipped, the next readable image stands in")
             payload, encoded = pil_to_tensor(self.files.load(index + 1, open_rgb)), False
             height, width = payload.shape[1:]
         with sample_rng(self.seed, self.epoch, index):

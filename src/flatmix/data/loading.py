@@ -102,8 +102,8 @@ class SkipUnreadable:
     shared memory, which every loader worker and the training process see: each is warned about once
     and counted."""
 
-    def __init__(self, paths):
-        self.paths = paths
+    def __init__(self, paths, reader="skipped"):
+        self.paths, self.reader = paths, reader  # who passes the file over, in the warning
         self.unreadable = torch.zeros(len(paths), dtype=torch.bool).share_memory_()
 
     def load(self, start, read):
@@ -113,10 +113,10 @@ class SkipUnreadable:
             try:
                 return read(self.paths[k])
             except UnreadableImage as e:
-                self.flag(k, e)
+                self.flag(k, e, f"{self.reader}, the next readable image stands in")
         raise FlatmixError(f"none of the {len(self.paths)} images is readable (the first: {self.paths[0]})")
 
-    def flag(self, k, problem, remedy="skipped, the next readable image stands in"):
+    def flag(self, k, problem, remedy):
         """Count file k as unreadable; the first time, warn (`problem` names the file)."""
         if not self.unreadable[k]:
             self.unreadable[k] = True
