@@ -103,7 +103,7 @@ def check_mixer(env):
         foreign += int(((partners // local) != env.rank).sum())
         for view, mixed in ((q, mq), (k, mk)):
             g = global_mix(view, d.global_partners, d.global_lam, torch.cat(gathered(view)))
-            expected = region_mix(g, d.region_partners, d.region_boxes, 0.5, torch.cat(gathered(g)))
+            expected = region_mix(g, d.region_partners, d.region_boxes, d.region_decayed, 0.5, torch.cat(gathered(g)))
             assert torch.equal(mixed, expected), "mixed views differ from eqs. (3)-(5) on the global batch"
     assert foreign > 0, "no partner ever came from the other rank"
 

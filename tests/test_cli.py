@@ -78,13 +78,38 @@ def _bench(*args):
 
 def test_bench_on_cpu_defaults_to_fp32_and_reports_median_and_spread():
     lines = _bench("--steps", "3", "--warmup", "1")
-    assert [(r["stage"], r["mixture"]) for r in lines] == [("train", False), ("train", True)]
-    for r in lines:
+    assert [(r["stage"], r["mixture"]) for r in lines] == [("train", False), ("train", True), ("mixer", True)]
+    for r in lines[:2]:
         assert r["precision"] == "fp32" and (r["steps"], r["warmup"], r["batches_ahead"]) == (3, 1, 0)
         assert 0 <= r["data_wait"] <= 1  # synthetic batches are there at once
         assert 0 < r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"]
         assert 0 <= r["step_s_iqr"] <= r["step_s_max"] - r["step_s_min"]
         assert r["pairs_per_s"] == pytest.approx(8 / r["step_s_median"], rel=1e-3, abs=0.051)  # rounded to 0.1
+    mixer = lines[2]
+    assert mixer["mixture_spec"] == lines[1]["mixture_spec"] and mixer["steps"] == 3
+    assert 0 < mixer["mixer_s_median"] < lines[1]["step_s_median"] and mixer["copy_s_median"] > 0
+    assert mixer["ratio_to_copy"] == pytest.approx(mixer["mixer_s_median"] / mixer["copy_s_median"], rel=0.01)
+    assert mixer["step_share"] == pytest.approx(mixer["mixer_s_median"] / lines[1]["step_s_median"], rel=0.01)
+
+
+def test_bench_mixer_times_the_mixture_of_the_workflow_config_against_a_copy(tmp_path):
+    """`bench mixer`: one line, the Mixer on MoCo's two views (CMC's one) at experiments.best.METHOD."""
+    override = tmp_path / "global3.yaml"
+    override.write_text("experiments:\n  best:\n    moco: {global_mixes: 3}\n")
+    for method, views, mixes in (("moco", 2, (3, 5)), ("cmc", 1, (4, 5))):
+        result = run_flatmix("bench", "mixer", "--device", "cpu", "--method", method, "--batch-size", "8",
+                             "--image-size", "32", "--steps", "3", "--warmup", "1",
+                             "--config", REPO / "config.yaml", "--config", override)
+        assert result.returncode == 0, result.stderr[-3000:]
+        [row] = [json.loads(line) for line in result.stdout.splitlines()]
+        spec = row["mixture_spec"]
+        assert (row["stage"], row["views"], row["batch_size"], row["precision"]) == ("mixer", views, 8, "fp32")
+        assert (spec["global"]["mixes"], spec["region"]["mixes"]) == mixes
+        assert row["mixer_s_median"] > 0 and row["copy_s_median"] > 0 and row["ratio_to_copy"] > 0
+
+
+def test_bench_mixer_refuses_a_batch_too_small_to_mix():
+    assert_one_line_error(run_flatmix("bench", "mixer", "--batch-size", "1"), "--batch-size")
 
 
 def test_bench_explicit_precision_wins_on_cpu():
@@ -120,7 +145,7 @@ def test_bench_times_the_mixture_of_the_workflow_config(tmp_path):
     override.write_text("experiments:\n  best:\n    moco: {global_mixes: 3}\n")
     lines = _bench("--steps", "1", "--warmup", "0", "--config", REPO / "config.yaml", "--config", override)
     assert [(r["mixture"], r["mixture_spec"]["global"]["mixes"], r["mixture_spec"]["region"]["mixes"])
-            for r in lines] == [(False, 0, 0), (True, 3, 5)]
+            for r in lines] == [(False, 0, 0), (True, 3, 5), (True, 3, 5)]
     assert lines[1]["mixture_spec"]["global"]["p"] == lines[1]["mixture_spec"]["region"]["p"] == 0.5
     assert lines[1]["mixture_spec"]["region"]["decay"] == 0.2
 
@@ -131,7 +156,7 @@ def test_bench_cmc_times_the_cmc_mixture(tmp_path):
     override.write_text("experiments:\n  best:\n    cmc: {global_mixes: 2, region_mixes: 3}\n")
     lines = _bench("--method", "cmc", "--steps", "1", "--warmup", "0", "--config", REPO / "config.yaml",
                    "--config", override)
-    assert [(r["method"], r["mixture"]) for r in lines] == [("cmc", False), ("cmc", True)]
+    assert [(r["method"], r["mixture"]) for r in lines] == [("cmc", False), ("cmc", True), ("cmc", True)]
     spec = lines[1]["mixture_spec"]
     assert (spec["global"]["mixes"], spec["region"]["mixes"], spec["global"]["p"]) == (2, 3, 0.1)
 

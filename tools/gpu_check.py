@@ -620,14 +620,17 @@ def bench_stage(loader, compiled, method="moco"):
         beside = " (beside mmcv's build)" if run.background_running() else ""
         lines = _json_lines(run.sh(name, run.flatmix(*args, *(["--compile"] if compiled else []),
                                                      torchrun=loader == "synthetic")))
-        if not lines or not all(r["pairs_per_s"] > 0 for r in lines):
-            raise StageFailed("no pairs/s measured")
+        steps = [r for r in lines if r["stage"] != "mixer"]
+        mixer = [r for r in lines if r["stage"] == "mixer"]
+        if not steps or not all(r["pairs_per_s"] > 0 for r in steps) or len(mixer) != 1:
+            raise StageFailed("no pairs/s measured, or no mixer row")
         label = {("loader", False): "loader", ("train", False): "step", ("train", True): "step+mix"}
         rows = ", ".join(f"{label[r['stage'], r['mixture']]} {r['pairs_per_s']:,.0f} (data-wait {r['data_wait']:.0%})"
-                         for r in lines)
-        first = lines[0]
-        return f"{rows} pairs/s; batch {first['batch_size']}, {first['workers']} workers, {first['steps']} steps " \
-               f"after {first['warmup']}{beside}"
+                         for r in steps)
+        first, mixer = steps[0], mixer[0]
+        return f"{rows} pairs/s; the mixer {mixer['step_share']:.1%} of the mixed step " \
+               f"({mixer['ratio_to_copy']:.1f}x a copy); batch {first['batch_size']}, {first['workers']} workers, " \
+               f"{first['steps']} steps after {first['warmup']}{beside}"
     stage.__name__ = name
     return stage
 

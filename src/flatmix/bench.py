@@ -1,8 +1,10 @@
 """Throughput benchmarks. `flatmix bench pretrain` times the real training step (pretrain.training_step)
 with and without the paper's mixtures (Table 5's, as the workflow config sets them), fed by synthetic
 tensors already on the device or by a real loader (pil or gpu) from JPEG files, and prints one JSON line
-per configuration; with a real loader it first times the loader alone. `flatmix bench jpegs` writes
-ImageNet-like JPEGs to run it on.
+per configuration; with a real loader it first times the loader alone, and after the mixed step it times
+the Mixer alone on the step's views (its share of the step). `flatmix bench mixer` times the Mixer alone,
+against a copy of the views, in seconds on a CPU. `flatmix bench jpegs` writes ImageNet-like JPEGs to run
+it on.
 
 Each step is timed on its own, and a line reports the median step time with its spread (min, max,
 interquartile range over `steps` steps), pairs/s from the median: one slow step (a compile, a loader
@@ -36,6 +38,7 @@ from flatmix.data.classes import IMAGENET100
 from flatmix.distributed import Distributed
 from flatmix.errors import FlatmixError
 from flatmix.experiments import Experiments
+from flatmix.mixture import Mixer
 from flatmix.pretrain import build_training, pretrain_batches, training_step
 from flatmix.presets import DEFAULTS, PRESETS
 from flatmix.progress import Window
@@ -108,6 +111,47 @@ def _rates(timed, batch_size):
             "data_wait": round(data_wait, 3)}
 
 
+def _call_times(call, steps, warmup, device):
+    """Seconds of each of `steps` calls of `call` after `warmup`, the device synchronised around each."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(steps):
+        _synchronise(device)
+        start = time.perf_counter()
+        call()
+        _synchronise(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def mixer_rates(mixer, views, steps, warmup):
+    """The Mixer's median seconds on `views` (a fresh draw each call) beside a plain copy of them."""
+    device = views[0].device
+    mix = float(np.median(_call_times(lambda: mixer(views), steps, warmup, device)))
+    copy = float(np.median(_call_times(lambda: [v.clone() for v in views], steps, warmup, device)))
+    return {"mixer_s_median": float(f"{mix:.4g}"), "copy_s_median": float(f"{copy:.4g}"),  # a copy can take µs
+            "ratio_to_copy": round(mix / copy, 2)}
+
+
+def bench_mixer(mixture, method="moco", batch_size=64, image_size=224, steps=20, warmup=3, precision="fp32",
+                device=None):
+    """One result dict: `mixture` (a run spec's mixture section) applied by the Mixer to random views (two
+    for MoCo, one for CMC, which mixes its one image before the colour split) against copying them."""
+    cfg = resolve(DEFAULTS, PRESETS, sets=[f"method={method}"]
+                  + [f"mixture.{key}={value}" for key, value in flatten(mixture).items()])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    torch.manual_seed(0)
+    views = [torch.randn(batch_size, 3, image_size, image_size, device=device).to(dtype)
+             for _ in range(2 if method == "moco" else 1)]
+    return {"bench": "mixer", "stage": "mixer", "method": method, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "batch_size": batch_size, "image_size": image_size,
+            "views": len(views), "precision": precision, "steps": steps, "warmup": warmup,
+            "mixture_spec": cfg["mixture"], **mixer_rates(Mixer(cfg["mixture"], seed=0), views, steps, warmup)}
+
+
 def _steady_state(loader, workers, steps, warmup):
     """(batches `loader` makes ahead, timed steps, warmup): None takes the least that times steady state
     (and at least 20 and 5); values that would time the made-ahead batches are refused."""
@@ -126,7 +170,8 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
                    workers=8, compile=False):
     """Yield one result dict per configuration: the loader alone (real loaders), then the training step
     without and with the mixtures (`mixture`: a run spec's mixture section, e.g. Table 5's from the
-    workflow config). precision None: bf16 on CUDA, fp32 on a CPU."""
+    workflow config), then the Mixer alone on the step's views and its share of the mixed step's median.
+    precision None: bf16 on CUDA, fp32 on a CPU."""
     if loader not in LOADERS:
         raise FlatmixError(f"--loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if loader != "synthetic" and not (data and (Path(data) / "train").is_dir()):
@@ -170,9 +215,15 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
             model.train()
             timed = _step_times(env, stream, steps, warmup,
                                 lambda v, i: training_step(cfg, net, optimizer, mixer, v, i))
+            rates = _rates(timed, batch_size)
             if env.main:
-                yield {**common, "stage": "train", "mixture": mixed, "mixture_spec": cfg["mixture"],
-                       **_rates(timed, batch_size)}
+                yield {**common, "stage": "train", "mixture": mixed, "mixture_spec": cfg["mixture"], **rates}
+            if mixed:
+                *views, _ = next(stream)
+                alone = mixer_rates(mixer, list(views), steps, warmup)
+                if env.main:
+                    yield {**common, "stage": "mixer", "mixture": True, "mixture_spec": cfg["mixture"], **alone,
+                           "step_share": round(alone["mixer_s_median"] / rates["step_s_median"], 4)}
             del model, net, optimizer, stream
     finally:
         env.close()
@@ -220,6 +271,12 @@ def run(args):
                                  device=args.device, loader=args.loader, data=args.data, workers=args.workers,
                                  compile=args.compile):
         print(json.dumps(result), flush=True)
+
+
+def run_mixer(args):
+    mixture = Experiments(load_config(*(args.config or ["config.yaml"]))).best_mixture(args.method)
+    print(json.dumps(bench_mixer(mixture, method=args.method, batch_size=args.batch_size, image_size=args.image_size,
+                                 steps=args.steps, warmup=args.warmup, precision=args.precision, device=args.device)))
 
 
 def run_jpegs(args):

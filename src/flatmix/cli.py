@@ -64,6 +64,11 @@ def _bench(args):
     bench.run(args)
 
 
+def _bench_mixer(args):
+    from flatmix import bench
+    bench.run_mixer(args)
+
+
 def _bench_jpegs(args):
     from flatmix import bench
     paths.output_folder("--out", args.out)
@@ -341,6 +346,17 @@ def build_parser():
                    help="the workflow config whose experiments.best.METHOD and experiments.imagenet100.METHOD_p "
                         "are the mixtures timed; repeat to layer files as `plan --config` does (default: config.yaml)")
     b.set_defaults(run=_bench)
+    b = benches.add_parser("mixer", help="the Mixer alone against a copy of the views, seconds on a CPU")
+    b.add_argument("--method", choices=["moco", "cmc"], default="moco", help="whose mixture: MoCo mixes 2 views, CMC 1")
+    b.add_argument("--batch-size", type=_at_least(2), default=64, help="images per view (a mixture needs 2 or more)")
+    b.add_argument("--image-size", type=_at_least(16), default=224, help="view side in pixels")
+    b.add_argument("--steps", type=_at_least(1), default=20, help="timed calls, their median reported")
+    b.add_argument("--warmup", type=_at_least(0), default=3, help="untimed calls first")
+    b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the views' dtype")
+    b.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA where there is one")
+    b.add_argument("--config", action="append", metavar="FILE",
+                   help="the workflow config whose experiments.best.METHOD is timed, as for `bench pretrain`")
+    b.set_defaults(run=_bench_mixer)
     b = benches.add_parser("jpegs", help="write ImageNet-like JPEGs (sizes, bytes) for `bench pretrain --data`")
     b.add_argument("--out", required=True, help="folder for train/<class>/ JPEGs")
     b.add_argument("--images", type=_at_least(1), default=10000, help="JPEGs in all")

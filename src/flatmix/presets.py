@@ -30,6 +30,7 @@ DEFAULTS = {
         # Un-Mix (AAAI 2022, MoCo only): also mix the queries with the reversed batch (one lam per batch)
         # and add lam * L(mixed, keys) + (1 - lam) * L(mixed, reversed keys) to the loss
         "unmix": False,
+        "unmix_prob": 0.5,   # Un-Mix's share of mixup; CutMix otherwise (the authors' run.sh --unmix_prob)
         # mixes: mixing steps, each fired with probability p, adding one partner (the authors' num_mix); 0: off
         "global": {"mixes": 0, "p": 0.0, "alpha": 1.0},
         "region": {"mixes": 0, "p": 0.0, "beta": 1.0, "decay": 1.0},
@@ -82,7 +83,7 @@ SCHEMA = _obj(
     moco=_obj(K=_int(1), m=_num(0, 1), T=_num(0, above=True), mlp={"type": "boolean"}, aug={"enum": ["v1", "v2"]}),
     cmc=_obj(K=_int(1), T=_num(0, above=True), momentum=_num(0, 1), colour={"enum": ["YCbCr", "Lab"]}),
     mixture=_obj(
-        views={"enum": ["joint", "query"]}, unmix={"type": "boolean"},
+        views={"enum": ["joint", "query"]}, unmix={"type": "boolean"}, unmix_prob=_num(0, 1),
         **{"global": _obj(mixes=_int(0), p=_num(0, 1), alpha=_num(0, above=True))},
         region=_obj(mixes=_int(0), p=_num(0, 1), beta=_num(0, above=True), decay=_num(0, 1)),
     ),
