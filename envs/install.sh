@@ -6,12 +6,14 @@
 #   PYTHON              the interpreter to build the environment from (default: python3.11)
 #   FLATMIX_INSTALL     all (default); or environment (envs/ only) then package (this package alone), the
 #                       image's two layers, so that a change to the package leaves envs/'s layer cached
-# A second run with unchanged envs/ and pyproject.toml returns at once.
+# A second run with unchanged envs/ and pyproject.toml returns at once. Each step prints one line to
+# stderr, with the seconds since the start; the mmcv line says whether its wheel came from the cache.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${FLATMIX_VENV:-$root/.venv}
 cache_root=${FLATMIX_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flatmix/wheels}
 python=${PYTHON:-python3.11}
+say() { echo "install: $* (${SECONDS}s)" >&2; }
 
 stamp_of() {
   cat "$root/envs/requirements.txt" "$root/envs/mmcv.txt" "$root/envs/cuda-compiler.txt" "$root/envs/install.sh" \
@@ -33,6 +35,7 @@ fi
 vpy=$venv/bin/python
 
 environment() {
+  say "pip: the pinned packages of envs/requirements.txt into $venv"
   "$vpy" -m pip install --quiet -r "$root/envs/requirements.txt"
   # The mmcv wheel depends on the mmcv, torch and Python versions and on the CUDA flavour: key the cache on all.
   local torch_version py_tag mmcv_version flavour cache
@@ -46,16 +49,22 @@ environment() {
     flavour=cpu
   fi
   cache=$cache_root/mmcv-$mmcv_version-torch$torch_version-$py_tag-$flavour
-  if ! ls "$cache"/mmcv-*.whl >/dev/null 2>&1; then
+  if ls "$cache"/mmcv-*.whl >/dev/null 2>&1; then
+    say "mmcv $mmcv_version ($flavour): the cached wheel in $cache"
+  else
+    say "mmcv $mmcv_version ($flavour): no cached wheel, building it into $cache (minutes: its C++ ops)"
     bash "$root/envs/build_mmcv.sh" "$vpy" "$cache"
+    say "mmcv $mmcv_version: built"
   fi
   "$vpy" -m pip install --quiet --no-deps "$cache"/mmcv-*.whl
 }
 [ "$part" = package ] || environment
-[ "$part" = environment ] && { echo "install: envs/ installed in $venv (the package is not)" >&2; exit 0; }
+[ "$part" = environment ] && { say "envs/ installed in $venv (the package is not)"; exit 0; }
+say "flatmix itself, editable"
 "$vpy" -m pip install --quiet --no-deps --no-build-isolation -e "$root"
 
+say "checking that mmdet, mmcv's ops, torch, torchvision and snakemake import"
 "$vpy" -c 'import mmdet, mmcv.ops, torch, torchvision, snakemake' \
   || { echo "install: the environment in $venv does not import (see above)" >&2; exit 1; }
 stamp_of > "$venv/.flatmix-env"
-echo "install: environment ready in $venv" >&2
+say "environment ready in $venv"

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, wheel_cache
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 BASE = re.compile(r"^debian:bookworm-\d{8}(-slim)?(@sha256:[0-9a-f]{64})?$")
@@ -48,6 +48,18 @@ def test_install_refuses_an_unknown_part():
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "FLATMIX_INSTALL=$(touch PWNED): not all, environment or package" in result.stderr
     assert not (REPO / "PWNED").exists()
+
+
+def test_install_says_each_step_and_where_the_mmcv_wheel_came_from():
+    """Run again on the suite's own environment (CI's install has just built or reused the wheel): one
+    line per step with the seconds so far, the mmcv line naming the cache it installed from."""
+    result = subprocess.run(["bash", str(REPO / "envs" / "install.sh")], capture_output=True, text=True,
+                            env={**os.environ, "FLATMIX_INSTALL": "environment"}, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert all(re.fullmatch(r"install: .+ \(\d+s\)", line) for line in lines), lines
+    assert [line.split(":")[1].split()[0] for line in lines] == ["pip", "mmcv", "envs/"]
+    assert f"the cached wheel in {wheel_cache()}" in lines[1]
 
 
 def test_slurm_profiles():
