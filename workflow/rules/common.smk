@@ -14,7 +14,7 @@ import sys
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from flatmix.errors import FlatmixError
-from flatmix import launch, layout
+from flatmix import atomic, launch, layout
 from flatmix.experiments import Experiments
 from flatmix.launch import launcher
 from flatmix.layout import Detection, Flatness, Knn, Pretraining, Probe

@@ -4,21 +4,35 @@
 # flatmix.report.figure5_file names it): the report folder reads the same wherever it is copied.
 
 
+rule workflow_config:
+    """The effective config, beside the report; written by Snakemake itself (no job, no command line that
+    would echo kilobytes of it), again whenever the config changes (a params change)."""
+    output:
+        results("report/config.yaml"),
+    params:
+        config=json.dumps(config, sort_keys=True),
+    log:
+        results("logs/workflow_config.log"),
+    localrule: True
+    run:
+        atomic.write_text(output[0], f"{params.config}\n")
+        atomic.write_text(log[0], f"wrote {output[0]}\n")
+
+
 rule report:
     input:
+        config=rules.workflow_config.output,
         linear=linear_results(),
         knn=knn_results(),
         detections=detections(),
         flatness=flatness_outputs(),
     output:
-        config=results("report/config.yaml"),
         markdown=report(results("report/report.md"), caption="../report/report.rst", category="Report"),
         html=report(results("report/report.html"), caption="../report/report.rst", category="Report"),
         figure4=report(results("report/figure4.png"), caption="../report/figure4.rst", category="Figures"),
         curves=report(results("report/curves.png"), caption="../report/curves.rst", category="Figures"),
         figure5=[results(f"report/figure5-{figure}.png") for figure in EXPERIMENTS.flatness],
     params:
-        config=json.dumps(config, sort_keys=True),
         results=lambda wildcards, output: Path(output.markdown).parent.parent,
         out=lambda wildcards, output: Path(output.markdown).parent,
     resources:
@@ -26,6 +40,5 @@ rule report:
     log:
         results("logs/report.log"),
     shell:
-        "printf '%s\\n' {params.config:q} > {output.config:q}"
-        " && flatmix report --config {output.config:q} --results {params.results:q} --out {params.out:q}"
+        "flatmix report --config {input.config:q} --results {params.results:q} --out {params.out:q}"
         " > {log:q} 2>&1"
