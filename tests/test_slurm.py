@@ -124,7 +124,8 @@ def test_smoke_dag_in_the_image_through_slurm_with_a_requeued_pretraining(cluste
                                      "smoke-moco", before)
     assert (work / "results" / "smoke" / "report" / "report.html").is_file()
 
-    # every rule ran in a SLURM job, and GPU jobs, and only they, asked for a GPU
+    # every rule ran in a SLURM job (but workflow_config, a local rule with no command), and GPU jobs, and
+    # only they, asked for a GPU
     jobs = [j for j in cluster.jobs() if j["JobId"] not in before]
     by_rule = {}
     for j in jobs:
