@@ -312,6 +312,9 @@ def test_report_plots_each_runs_training_curves(tmp_path):
     assert "](curves.png)" in curves
     assert re.search(r"^- pretraining runs .*: `smoke-moco`$", curves, re.M)
     assert re.search(r"^- linear probes .*: `smoke-cmc`$", curves, re.M)
+    assert "pretraining loss can rise from epoch 1 to 2" in curves  # said in a smoke report
+    smoke_free, _ = _report(dict(CONFIG, preset="in100-main"), results, tmp_path / "in100-report")
+    assert "can rise from epoch 1 to 2" not in smoke_free
     assert html.count('src="data:image/png;base64,') == 2  # Figure 4 and the curves (Figure 5 pending)
     assert "<code>smoke-moco</code>" in html[html.index('id="curves"'):html.index('id="provenance"')]
 

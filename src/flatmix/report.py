@@ -457,10 +457,17 @@ def build_view(experiments, paper_tables, results, config_path, out):
         "verdicts": VERDICTS,
         "figure5": figure5_view(experiments, results, out),
         "curves": curves_view(experiments, results),
+        "smoke_loss_note": SMOKE_LOSS_NOTE,
         "shared": shared,
         "entries": entries,
     }
 
+
+# Under a smoke report's curves: a 2-epoch run's rising loss is what a newcomer asks about first.
+SMOKE_LOSS_NOTE = ("A smoke run's pretraining loss can rise from epoch 1 to 2, and that is expected: its negatives "
+                   "(MoCo's queue, CMC's memory bank) are the encoders' own embeddings, which change as fast as the "
+                   "encoders do this early, so they get harder as the encoders learn. What shows that the pipeline "
+                   "learns is the linear probe's falling loss and its top-1 far above chance.")
 
 REPORT_FILES = ("report.md", "report.html", "figure4.png", "curves.png")  # and a figure5_file per made Figure 5
 
