@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 import pickle
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from flatmix.errors import FlatmixError
 from flatmix.models.resnet import build_resnet
 from conftest import assert_one_line_error, run_flatmix, tensorboard_scalars
 from test_checkpoint_io import Planted
+from test_progress import plain_lines
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +153,15 @@ def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, t
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["AP50"] <= 100 and 0 <= metrics["recall"] <= 100
     assert (tmp_path / "run" / "work" / "last_checkpoint").is_file()
+    # flatmix's progress lines, training to its last iteration and the test to its last batch; mmengine's
+    # INFO lines (the environment, the config, every interval) in its log file, not on the terminal
+    train = plain_lines(result.stderr, "detect voc-faster-rcnn iter")
+    test = plain_lines(result.stderr, "detect voc-faster-rcnn test")
+    assert train and re.match(r"detect voc-faster-rcnn iter (\d+)/\1 epoch 1 loss [\d.]+ lr ", train[-1]), train
+    assert test and re.match(r"detect voc-faster-rcnn test batches (\d+)/\1 ", test[-1]), test
+    assert "System environment" not in result.stdout + result.stderr and len(result.stdout.splitlines()) < 20
+    [log] = (tmp_path / "run" / "work").glob("*/*.log")
+    assert "System environment" in log.read_text() and "Epoch(train)" in log.read_text()
     # mmengine's TensorBoard backend
     events = list((tmp_path / "run" / "work").glob("*/vis_data/events.out.tfevents.*"))
     assert events and {"loss", "lr"} <= set(tensorboard_scalars(events[0].parent)), events
@@ -159,7 +170,7 @@ def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, t
     again = run_flatmix("detect", "voc-faster-rcnn", "--backbone", backbone, "--data", synth_root / "VOCdevkit",
                         "--bn", "train", "--out", tmp_path / "run", "--scale", "smoke")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed epoch: 1" in again.stdout + again.stderr
+    assert any("resumed epoch: 1" in log.read_text() for log in (tmp_path / "run" / "work").glob("*/*.log"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["AP50"] == metrics["AP50"]
 
 

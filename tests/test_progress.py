@@ -9,7 +9,7 @@ from conftest import run_flatmix
 from flatmix.pretrain import contrastive_top1
 from flatmix.progress import Progress, Window
 
-PLAIN_END = re.compile(r" [\d,]+ \w+/s data-wait \d+% eta \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+:\d\d(:\d\d)? left\)$")
+PLAIN_END = re.compile(r" [\d,.]+ \w+/s data-wait \d+% eta \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+:\d\d(:\d\d)? left\)$")
 
 
 def plain_lines(stderr, desc):

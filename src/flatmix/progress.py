@@ -1,4 +1,4 @@
-"""Progress of the long loops (pretraining, the linear probe, Figure 5) that a person can follow.
+"""Progress of the long loops (pretraining, the linear probe, Figure 5, detection) that a person can follow.
 
 On a terminal, a tqdm bar. Otherwise (a Snakemake rule's log, a SLURM job's output) plain lines, at
 most one every `every_s` seconds: a bar's carriage returns would make the log one unreadable line. Each
@@ -16,6 +16,11 @@ PLAIN_EVERY_S = 30.0
 BAR_EVERY_S = 0.1
 
 
+def _rate(per_s):
+    """A rate to about 3 significant figures, without an exponent: 3,113 and 12.5, but 0.214 for a slow loop."""
+    return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
+
+
 class Window:
     """Steps, seconds, and seconds spent waiting for the next batch since the last `read`: a loop's rate
     and the share of its time its loader keeps it waiting (near 1: the loader is the bottleneck)."""
@@ -27,10 +32,14 @@ class Window:
         """The items of `iterable`, each wait for one timed."""
         asked = time.perf_counter()
         for item in iterable:
-            self.waited += time.perf_counter() - asked
-            self.steps += 1
+            self.count(time.perf_counter() - asked)
             yield item
             asked = time.perf_counter()
+
+    def count(self, waited):
+        """One step, after `waited` seconds for its data."""
+        self.waited += waited
+        self.steps += 1
 
     def read(self):
         """(steps per second, data-wait share) since the last read, which starts the next window."""
@@ -55,10 +64,18 @@ class Progress:
 
     def batches(self, iterable):
         for item in self.window.batches(iterable):
-            self.done += 1
-            if self.bar is not None:
-                self.bar.update()
+            self._advance()
             yield item
+
+    def tick(self, waited):
+        """One step of a loop that is not ours to iterate (mmengine's), after `waited` seconds for its data."""
+        self.window.count(waited)
+        self._advance()
+
+    def _advance(self):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
 
     def due(self):
         """Whether `show` would show now: for a caller to read its metrics (a GPU sync) only then."""
@@ -71,7 +88,7 @@ class Progress:
             return
         self.shown = time.monotonic()
         steps_per_s, data_wait = self.window.read()
-        text = f"{text} {steps_per_s * self.per_step:,.0f} {self.unit}/s data-wait {data_wait:.0%}"
+        text = f"{text} {_rate(steps_per_s * self.per_step)} {self.unit}/s data-wait {data_wait:.0%}"
         if self.bar is not None:
             self.bar.set_postfix_str(text)
         else:

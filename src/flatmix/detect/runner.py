@@ -1,5 +1,6 @@
 """`flatmix detect`: check the backbone, write DIR/config.py, then train and evaluate it with mmengine's
-Runner (one CPU process, one GPU, or under torchrun) and write DIR/metrics.json with stable names.
+Runner (one CPU process, one GPU, or under torchrun) and write DIR/metrics.json with stable names. The
+terminal shows flatmix's progress lines; mmengine's own log is DIR/work/<timestamp>/<timestamp>.log.
 
 Resume: a restarted run continues from the checkpoint DIR/work/last_checkpoint names. Anyone who can
 write to DIR could plant a pickle there, so that file must lie inside DIR/work and is read first
@@ -115,10 +116,12 @@ def _resume_from(work):
     return path
 
 
-def train(config_path, out):
-    """Train and test the config with mmengine's Runner; returns mmdetection's raw test metrics."""
+def train(config_path, out, desc):
+    """Train and test the config with mmengine's Runner, showing progress as `desc`; returns
+    mmdetection's raw test metrics."""
     from mmengine.config import Config
-    from mmengine.runner import Runner
+
+    from flatmix.detect.progress import ProgressHook, QuietRunner
 
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # it would turn mmengine's loads into full unpickling
 
@@ -135,7 +138,8 @@ def train(config_path, out):
     resume_from = _resume_from(Path(cfg.work_dir))
     if resume_from is not None:
         cfg.resume, cfg.load_from = True, str(resume_from)
-    runner = Runner.from_cfg(cfg)
+    runner = QuietRunner.from_cfg(cfg)
+    runner.register_hook(ProgressHook(desc))
     with torch.serialization.safe_globals(MMENGINE_GLOBALS):
         runner.train()
         return runner.test()
@@ -146,7 +150,7 @@ def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
     config_path = write_config(task, backbone, data, bn, out, scale)
     if dry_run:
         return {"config": str(config_path)}
-    raw = train(config_path, out)
+    raw = train(config_path, out, f"detect {task}")
     metrics = {**_stable_metrics(task, TASKS[task], raw), "task": task, "bn": bn, "scale": scale, "backbone": str(backbone),
                "data": str(data), "config": str(config_path), "raw": {k: float(v) for k, v in raw.items()},
                "processes": launched_processes(), "device": "cuda" if torch.cuda.is_available() else "cpu",
