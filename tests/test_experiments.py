@@ -161,6 +161,55 @@ def test_outside_checkpoints_join_the_transfer_tables():
         Experiments(config, "transfer")
 
 
+def _with_checkpoint(preset, **roots):
+    config = copy.deepcopy(CONFIG)
+    config["preset"], config["transfer"]["checkpoints"] = preset, {"mine": "/ckpt/r50.pth"}
+    config["data"].update(roots)
+    return config
+
+
+def test_benchmark_fine_tunes_the_outside_checkpoints_alone_on_the_data_it_is_given():
+    """No pretraining (so no ImageNet), the outside rows only, VOC's two tables where only data.voc is
+    set; the paper's other rows in the report as its numbers alone."""
+    e = Experiments(_with_checkpoint("benchmark", voc="/data/VOCdevkit"))
+    assert e.pretrain_runs() == {} and e.missing_roots() == []
+    assert e.detections() == [("mine", "voc-faster-rcnn", "train"), ("mine", "voc-faster-rcnn", "frozen")]
+    rows = dict(Tables(e).tables["table7a"].rows)
+    assert all(c.paper_only for c in rows["MoCo (K=16384)"]) and not any(c.paper_only for c in rows["mine (outside "
+                                                                                                    "checkpoint)"])
+    both = Experiments(_with_checkpoint("benchmark", voc="/v", coco="/c"))
+    assert {d.task for d in both.detections()} == {"voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn"}
+    assert Experiments(_with_checkpoint("benchmark")).missing_roots() == ["data.voc", "data.coco"]
+    with pytest.raises(FlatmixError, match="transfer.checkpoints"):
+        Experiments(CONFIG, "benchmark")
+
+
+def test_smoke_fine_tunes_outside_checkpoints_at_smoke_scale():
+    e = Experiments(_with_checkpoint("smoke"))
+    assert len(e.detections()) == 8 and sum(d.backbone == "mine" for d in e.detections()) == 4
+    [(_, cells)] = [row for row in Tables(e).tables["table8b"].rows if row[0].startswith("mine")]
+    assert all(c.smoke for c in cells)  # marked as smoke-scale numbers
+
+
+@pytest.mark.parametrize("preset,roots,ignored", [
+    ("in100-main", {"imagenet": "/i", "voc": "/v"}, ["transfer.checkpoints", "data.voc"]),
+    ("benchmark", {"imagenet": "/i", "coco": "/c"}, ["data.imagenet"]),
+    ("transfer", {"imagenet": "/i", "voc": "/v", "coco": "/c"}, []),
+    ("smoke", {}, []),
+])
+def test_values_the_preset_ignores_are_named(preset, roots, ignored):
+    assert [key for key, _ in Experiments(_with_checkpoint(preset, **roots)).ignored()] == ignored
+
+
+def test_plan_warns_of_what_the_preset_ignores_in_one_line_each(tmp_path):
+    override = tmp_path / "mine.yaml"
+    override.write_text("preset: in1k\ntransfer: {checkpoints: {mine: /ckpt/r50.pth}}\n")
+    result = run_flatmix("plan", "--config", REPO / "config.yaml", "--config", override)
+    assert result.returncode == 0, result.stderr
+    assert "flatmix: warning: transfer.checkpoints: ignored by preset in1k, which fine-tunes no detector" in \
+        result.stderr.splitlines()[0]
+
+
 def test_plan_prints_the_cost_per_table_and_the_total():
     result = run_flatmix("plan", "--preset", "paper", "--config", REPO / "config.yaml")
     assert result.returncode == 0, result.stderr

@@ -319,6 +319,18 @@ def test_report_plots_each_runs_training_curves(tmp_path):
     assert "<code>smoke-moco</code>" in html[html.index('id="curves"'):html.index('id="provenance"')]
 
 
+def test_benchmark_report_shows_the_paper_rows_beside_the_checkpoint(tmp_path):
+    """preset benchmark: the paper's MoCo and ours rows are its numbers alone, marked as such; the
+    outside checkpoint's row is ours to fill."""
+    config = dict(CONFIG, preset="benchmark", data=dict(CONFIG["data"], voc="/data/VOCdevkit"),
+                  transfer=dict(CONFIG["transfer"], checkpoints={"mine": "/ckpt/r50.pth"}))
+    markdown, _ = _report(config, tmp_path / "results", tmp_path / "report")
+    table = _section(markdown, "## Table 7a: VOC Faster R-CNN R50-FPN, No Freeze (%)")
+    assert "| MoCo (K=16384) | paper's (75.1) | paper's (90.2) |" in table
+    assert "| mine (outside checkpoint) | pending (–) | pending (–) |" in table
+    assert "paper's: the paper's number alone: this preset does not run that row" in table
+
+
 def test_report_explains_the_marks_under_each_table(tmp_path):
     """Under each table, a note says what the marks it shows mean (pending, n/a, diverged, smoke, –), and
     only those."""

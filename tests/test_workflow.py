@@ -78,13 +78,44 @@ def test_paper_preset_plans_every_table(tmp_path):
                                       "data.coco": str(coco), "transfer.checkpoints": {"supervised": str(outside)}})
     result = snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    counts = {line.split()[0]: int(line.split()[1]) for line in (result.stdout + result.stderr).splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = _rule_counts(result)
     assert counts["pretrain"] >= 45
     assert counts["linear"] == counts["knn"] == counts["pretrain"]
     assert counts["detect"] >= 12 + 4  # and the outside checkpoint's four
     assert counts["report"] == 1 and counts["prepare_imagenet"] == 2  # ImageNet-100 and ImageNet-1K
     assert "synth" not in counts
+
+
+def _rule_counts(result):
+    return {line.split()[0]: int(line.split()[1]) for line in (result.stdout + result.stderr).splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_benchmark_preset_fine_tunes_a_checkpoint_with_only_voc(tmp_path):
+    """`preset: benchmark` with a checkpoint and a VOC root alone: VOC's two detections and the report, no
+    pretraining, no ImageNet; a value it ignores (data.imagenet) is said in one line."""
+    voc = tmp_path / "VOCdevkit"
+    (voc / "VOC2007").mkdir(parents=True)
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"")
+    config = _config_with(tmp_path, **{"preset": "benchmark", "data.voc": str(voc), "data.imagenet": "/ignored",
+                                      "transfer.checkpoints": {"mine": str(mine)}})
+    result = snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    counts = _rule_counts(result)
+    assert counts["detect"] == 2 and counts["report"] == 1 and counts["prepare_detection"] == 1, counts
+    assert not {"pretrain", "prepare_imagenet", "synth", "linear", "knn"} & set(counts), counts
+    assert "flatmix: warning: data.imagenet: ignored by preset benchmark, which reads no ImageNet data" in (\
+        result.stdout + result.stderr).splitlines()
+
+
+def test_smoke_preset_fine_tunes_an_outside_checkpoint_too(tmp_path):
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"")
+    config = _config_with(tmp_path, **{"transfer.checkpoints": {"mine": str(mine)}})
+    result = snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _rule_counts(result)["detect"] == 4 + 4  # the smoke run's four settings, and the checkpoint's
 
 
 def test_multi_gpu_jobs_start_under_torchrun(tmp_path):

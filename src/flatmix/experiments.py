@@ -34,6 +34,8 @@ PRESET_PARTS = {
     "transfer": ("table7a", "table7b", "table8a", "table8b"),
 }
 PRESET_PARTS["paper"] = tuple(part for parts in PRESET_PARTS.values() for part in parts)
+# the transfer tables for the outside checkpoints alone: no pretraining, so no ImageNet
+PRESET_PARTS["benchmark"] = PRESET_PARTS["transfer"]
 PRESETS = tuple(PRESET_PARTS)
 # What each preset makes, for `flatmix plan --help` (the README's preset table says it at length).
 PRESET_DESCRIPTIONS = {
@@ -45,6 +47,8 @@ PRESET_DESCRIPTIONS = {
     "in1k": "Table 6 (ImageNet-1K, R50 and R50 w2x, 200 epochs) and Figure 5 on ImageNet-1K",
     "transfer": "Tables 7-8: VOC Faster R-CNN, COCO RetinaNet and Mask R-CNN from ImageNet-1K R50 backbones",
     "paper": "all of the above",
+    "benchmark": "Tables 7-8 for your own checkpoints alone (transfer.checkpoints), beside the paper's rows: no "
+                 "pretraining, VOC and/or COCO only",
 }
 # The parts that make a Figure 5, and the key of each in Experiments.flatness (RESULTS/PRESET/flatness/KEY/): the
 # paper's (ImageNet-1K) first, then the ImageNet-100 one that the smoke and in100-main presets make.
@@ -58,6 +62,7 @@ SMOKE_STANDINS = {  # the smoke runs, and which paper run (by its role) each imi
 }
 SEEDED_PARTS = (*PRESET_PARTS["paper"], "smoke")  # the keys of a per-part `experiments.seeds` map
 MAX_SEEDS = 100  # as the workflow's schema
+DATA_NAMES = {"imagenet": "ImageNet", "voc": "VOC", "coco": "COCO"}  # by data root key
 SMOKE_TRANSFER = "smoke-moco-mix"  # the smoke run fine-tuned in the transfer tables' first "ours" row
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -90,6 +95,7 @@ class Experiments:
             raise FlatmixError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         self.config = config
         self.smoke = self.preset == "smoke"
+        self.benchmark = self.preset == "benchmark"
         self.runs = {}          # name -> spec of every pretraining run a table names
         self.datasets = {}      # name -> "imagenet100" | "imagenet1k"
         self.outside = dict(get(config, "transfer.checkpoints") or {})
@@ -106,6 +112,10 @@ class Experiments:
                          if key in made}
         self.seeds = self._seeds()
         self.base = {replica: run for run in self.seeds for replica in self.replicas(run)}  # replica -> its run
+        if self.benchmark and not self.outside:
+            raise FlatmixError("preset benchmark fine-tunes the checkpoints of transfer.checkpoints alone, and it is "
+                               "empty: set it in a file given with --configfile, e.g. "
+                               "`transfer: {checkpoints: {mine: /path/to/r50.pth}}`")
 
     # ---- the runs -------------------------------------------------------------------------------
     def _seeds(self):
@@ -307,9 +317,12 @@ class Experiments:
         stand-in's in place of "ours")."""
         if part not in DETECTION_PARTS:
             return []
-        return [d._replace(backbone=replica) for d in (self.stand_in_detection(d)[0] for d in self.grids[part].values()
+        made = [d._replace(backbone=replica) for d in (self.stand_in_detection(d)[0] for d in self.grids[part].values()
                                                        if d)
                 for replica in self.replicas(d.backbone)]
+        if self.benchmark:  # the outside checkpoints, on the data sets whose roots are set
+            return [d for d in made if d.backbone in self.outside and get(self.config, f"data.{TASKS[d.task]}")]
+        return made
 
     def pretrain_runs(self):
         """{name: spec} of the runs this preset trains, every seed of each, seed 0 first (for smoke: the four
@@ -331,11 +344,28 @@ class Experiments:
         return self.replicas(self.base[run]).index(run)
 
     def detections(self):
-        """[Detection] this preset fine-tunes."""
+        """[Detection] this preset fine-tunes (smoke: its mixed run's and the outside checkpoints', at smoke
+        scale)."""
         if self.smoke:
-            return [Detection(r, task, bn) for r in self.replicas(SMOKE_TRANSFER)
+            return [Detection(r, task, bn) for r in [*self.replicas(SMOKE_TRANSFER), *self.outside]
                     for task, bn in DETECTION_PARTS.values()]
         return list(dict.fromkeys(d for part in self.parts() for d in self.part_detections(part)))
+
+    def ignored(self):
+        """[(key, why)] of the values set in the config that this preset never reads, so that a setting
+        that would silently do nothing is said: outside checkpoints where nothing is fine-tuned, data roots
+        nothing reads."""
+        notes = []
+        if self.outside and not self.detections():
+            notes.append(("transfer.checkpoints", f"ignored by preset {self.preset}, which fine-tunes no detector "
+                                                  "(the smoke, transfer, benchmark and paper presets do)"))
+        if self.smoke:
+            return notes
+        read = {"imagenet"} if self.pretrain_runs() else set()
+        read |= {TASKS[d.task] for d in self.detections()}
+        notes += [(f"data.{key}", f"ignored by preset {self.preset}, which reads no {DATA_NAMES[key]} data")
+                  for key in ("imagenet", "voc", "coco") if get(self.config, f"data.{key}") and key not in read]
+        return notes
 
     def missing_roots(self):
         """The data roots (`data.KEY`) this preset reads but the config leaves null: ImageNet for its
@@ -344,6 +374,8 @@ class Experiments:
         spend days of GPU time on meaningless numbers."""
         if self.smoke:
             return []
+        if self.benchmark:  # VOC, COCO or both: the tables of whichever is set
+            return [] if get(self.config, "data.voc") or get(self.config, "data.coco") else ["data.voc", "data.coco"]
         needed = {"imagenet"} if self.pretrain_runs() else set()
         needed |= {TASKS[d.task] for d in self.detections()}
         return [f"data.{key}" for key in ("imagenet", "voc", "coco")

@@ -131,12 +131,14 @@ class Plan:
         return "\n".join(lines)
 
     def note(self):
-        """The data roots the workflow will ask for first, or None. A cost is worth knowing before the data
-        is in place, so the plan notes them rather than refusing."""
+        """The values the preset ignores and the data roots the workflow will ask for first, one line each,
+        or None. A cost is worth knowing before the data is in place, so the plan notes them rather than
+        refusing."""
+        lines = [f"flatmix: warning: {key}: {why}" for key, why in self.experiments.ignored()]
         if missing := self.experiments.missing_roots():
-            return (f"flatmix: note: {', '.join(missing)} null: the workflow refuses preset "
-                    f"{self.experiments.preset} until set (only the smoke preset runs on the synthetic set)")
-        return None
+            lines.append(f"flatmix: note: {', '.join(missing)} null: the workflow refuses preset "
+                         f"{self.experiments.preset} until set (only the smoke preset runs on the synthetic set)")
+        return "\n".join(lines) or None
 
     def commands(self):
         """One line per run for running it outside Snakemake: exactly the command the workflow's pretrain

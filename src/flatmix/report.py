@@ -52,6 +52,7 @@ TERMS = {
     "diverged": "the linear probe's loss diverged, so it has no top-1",
     "smoke": "a tiny smoke run standing in for the paper's, not comparable with it (no difference shown)",
     "–": "not in the paper",
+    "paper's": "the paper's number alone: this preset does not run that row",
 }
 
 
@@ -103,6 +104,8 @@ def cell_view(cell, results):
         return {"text": "–", "href": None, "state": "none", "terms": ["–"]}
     paper = "–" if cell.paper is None else f"{cell.paper:.{cell.digits}f}"
     terms = ["–"] if cell.paper is None else []
+    if cell.paper_only:
+        return {"text": f"paper's ({paper})", "href": None, "state": "paper", "terms": ["paper's", *terms]}
     made = results.made(cell)
     if not made:
         return {"text": f"pending ({paper})", "href": None, "state": "pending", "terms": ["pending", *terms]}

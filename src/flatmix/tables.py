@@ -36,9 +36,10 @@ class Cell:
     metric: str
     paper: float | None
     run: str | None = None  # the pretraining run behind it (None: random init. or an outside checkpoint)
-    smoke: bool = False     # a smoke run standing in for the paper's
+    smoke: bool = False     # a smoke run standing in for the paper's (or fine-tuned at smoke scale)
     digits: int = 1         # decimals the paper prints
     replicas: tuple = ()    # every seed's result, seed 0's first
+    paper_only: bool = False  # a row this preset does not run (benchmark: the paper's MoCo and ours)
 
 
 @dataclass
@@ -135,7 +136,9 @@ class Tables:
             run = used.backbone if smoke or used.backbone in self.e.runs else None
             values = published.get(paper_key, (None,) * len(metrics))
             replicas = tuple(used._replace(backbone=b) for b in self.e.replicas(used.backbone))
-            cells = [Cell(used, m, v, run, smoke, replicas=replicas) for m, v in zip(metrics, values, strict=True)]
+            marks = {"smoke": smoke or (self.e.smoke and b.kind == "outside"),  # at smoke scale
+                     "paper_only": self.e.benchmark and b.kind != "outside"}
+            cells = [Cell(used, m, v, run, replicas=replicas, **marks) for m, v in zip(metrics, values, strict=True)]
             rows.append((label, cells))
             self.detection_cells |= {(key, paper_key, m): c for m, c in zip(metrics, cells, strict=True)}
         return Table(key, title, list(metrics.values()), rows)

@@ -11,6 +11,7 @@ import re
 import shlex
 import sys
 
+from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from flatmix.errors import FlatmixError
@@ -29,6 +30,8 @@ try:
     EXPERIMENTS = Experiments(config)
 except FlatmixError as e:
     sys.exit(f"flatmix: error: {e}")
+for key, why in EXPERIMENTS.ignored():
+    logger.warning(f"flatmix: warning: {key}: {why}")
 if missing := EXPERIMENTS.missing_roots():
     example = ", ".join(f"{key[5:]}: /path/to/{ROOT_EXAMPLES[key[5:]]}" for key in missing)
     sys.exit(f"flatmix: error: preset {config['preset']} runs on real data only, but {', '.join(missing)} "
