@@ -43,7 +43,8 @@ def _bench(*args, torchrun=False):
               f"mixture={r['mixture']}: {r['pairs_per_s']} pairs/s on {r['device_name']}, {r['cpus']} CPUs "
               f"({r['steps']} steps after {r['warmup']}, data-wait {r['data_wait']:.0%})")
     [mixer] = [r for r in lines if r["stage"] == "mixer"]
-    print(f"the mixer alone: {mixer['step_share']:.1%} of the mixed step, {mixer['ratio_to_copy']}x a copy of the views")
+    print(f"the mixer alone: {mixer['step_share']:.1%} of the mixed step, {mixer['ratio_to_copy']}x a copy of "
+          "the views")
     assert all(r["pairs_per_s"] > 0 for r in steps) and 0 < mixer["step_share"] < 1
     return steps
 
