@@ -5,7 +5,7 @@ paper's tables for the report, so the three agree on every run name. A run that 
 name and is trained once. The smoke preset trains four tiny runs, which stand in for the paper's runs
 they imitate (Table 5's 800-epoch baselines and full methods, Tables 7-8's "ours").
 
-Where the paper is silent (see the README):
+Where the paper is silent (see docs/pages/differences.md):
 - MoCo's mixtures fire with p = 0.5 (the paper: "0.5 or higher values can perform better" for MoCo),
   CMC's with p = 0.1 (Table 4's best and its fixed region p).
 - Counts are mixing steps (`mixes`, the authors' num_mix), Tables 1-2's "numbers of mixtures".
@@ -37,7 +37,7 @@ PRESET_PARTS["paper"] = tuple(part for parts in PRESET_PARTS.values() for part i
 # the transfer tables for the outside checkpoints alone: no pretraining, so no ImageNet
 PRESET_PARTS["benchmark"] = PRESET_PARTS["transfer"]
 PRESETS = tuple(PRESET_PARTS)
-# What each preset makes, for `flatmix plan --help` (the README's preset table says it at length).
+# What each preset makes, for `flatmix plan --help` (docs/pages/paper.md's preset table says it at length).
 PRESET_DESCRIPTIONS = {
     "smoke": "four tiny runs (smoke-moco, smoke-moco-mix, smoke-cmc, smoke-cmc-mix) through every stage on the "
              "embedded data, on a CPU",

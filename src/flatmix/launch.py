@@ -11,7 +11,7 @@ from flatmix import layout
 from flatmix.errors import FlatmixError
 from flatmix.runconfig import set_args
 
-RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d; the README asks clusters to open it between nodes
+RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d; docs/pages/cluster.md asks clusters to open it between nodes
 
 
 def run_shape(experiments, run, spec):

@@ -128,7 +128,7 @@ if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
     if several := sorted(run for run, (_, nodes) in RUN_SHAPES.items() if nodes > 1):
         sys.exit(f"flatmix: error: {several[0]} runs on {RUN_SHAPES[several[0]][1]} nodes, which starts srun inside "
                  "the image, and the image has no SLURM client: run multi-node pretraining with the slurm profile "
-                 "(README, \"Run on a SLURM cluster\")")
+                 "(docs/pages/cluster.md)")
 
 
 # SLURM requests of this preset's scale (config `slurm.resources`: smoke, or paper for every other preset)
