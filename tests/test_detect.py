@@ -148,11 +148,11 @@ def test_mmdet_ships_the_base_configs():
 @pytest.mark.slow
 def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, tmp_path):
     result = run_flatmix("detect", "voc-faster-rcnn", "--backbone", backbone, "--data", synth_root / "VOCdevkit",
-                         "--bn", "train", "--out", tmp_path / "run", "--scale", "smoke")
+                         "--bn", "train", "--out", tmp_path / "run", "--scale", "smoke", "--keep-checkpoints")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["AP50"] <= 100 and 0 <= metrics["recall"] <= 100
-    assert (tmp_path / "run" / "work" / "last_checkpoint").is_file()
+    assert (tmp_path / "run" / "work" / "last_checkpoint").is_file()  # kept, as asked: the resume below
     # flatmix's progress lines, training to its last iteration and the test to its last batch; mmengine's
     # INFO lines (the environment, the config, every interval) in its log file, not on the terminal
     train = plain_lines(result.stderr, "detect voc-faster-rcnn iter")
@@ -172,6 +172,11 @@ def test_faster_rcnn_trains_and_evaluates_at_smoke_scale(synth_root, backbone, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert any("resumed epoch: 1" in log.read_text() for log in (tmp_path / "run" / "work").glob("*/*.log"))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["AP50"] == metrics["AP50"]
+    # by default a finished run leaves no resume point (a rerun with a new backbone must train afresh):
+    # the checkpoints go, the logs and TensorBoard events stay
+    work = tmp_path / "run" / "work"
+    assert not (work / "last_checkpoint").exists() and not list(work.glob("*.pth"))
+    assert list(work.glob("*/vis_data/events.out.tfevents.*")) and list(work.glob("*/*.log"))
 
 
 @pytest.mark.slow

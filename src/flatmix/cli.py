@@ -116,7 +116,7 @@ def _detect(args):
     paths.refuse_overlap({"--out": args.out}, {"--data": args.data,
                                                "--backbone": None if args.backbone == "random" else args.backbone})
     print(json.dumps(run(args.task, args.backbone, args.data, args.bn, args.out, scale=args.scale,
-                         dry_run=args.dry_run)))
+                         dry_run=args.dry_run, keep_checkpoints=args.keep_checkpoints)))
 
 
 def _plan(args):
@@ -291,6 +291,9 @@ def build_parser():
     p.add_argument("--scale", choices=["smoke", "paper"], default="paper",
                    help="paper: the paper's schedule and image sizes; smoke: one epoch of small images, for a CPU")
     p.add_argument("--dry-run", action="store_true", help="write config.py only")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the fine-tuned detector's checkpoints (work/*.pth) once it is evaluated; by default a "
+                        "finished run removes them, so that a rerun trains afresh rather than resuming a finished run")
     p.set_defaults(run=_detect)
 
     p = commands.add_parser("plan", help="the runs, images and GPU-hours a preset will cost, per table",

@@ -1,6 +1,8 @@
 """`flatmix detect`: check the backbone, write DIR/config.py, then train and evaluate it with mmengine's
 Runner (one CPU process, one GPU, or under torchrun) and write DIR/metrics.json with stable names. The
 terminal shows flatmix's progress lines; mmengine's own log is DIR/work/<timestamp>/<timestamp>.log.
+Once DIR/metrics.json is written the checkpoints go (unless kept): a resume point is for a run that did
+not finish.
 
 Resume: a restarted run continues from the checkpoint DIR/work/last_checkpoint names. Anyone who can
 write to DIR could plant a pickle there, so that file must lie inside DIR/work and is read first
@@ -145,7 +147,15 @@ def train(config_path, out, desc):
         return runner.test()
 
 
-def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
+def remove_checkpoints(work):
+    """A finished run's resume point and checkpoints (mmengine's epoch_N.pth / iter_N.pth and the
+    last_checkpoint naming one), and nothing else of WORK: left there, a rerun with a new backbone
+    would resume the finished run and report its detector. The logs and TensorBoard events stay."""
+    for path in [work / "last_checkpoint", *work.glob("epoch_*.pth"), *work.glob("iter_*.pth")]:
+        path.unlink(missing_ok=True)
+
+
+def run(task, backbone, data, bn, out, scale="paper", dry_run=False, keep_checkpoints=False):
     start = time.time()
     config_path = write_config(task, backbone, data, bn, out, scale)
     if dry_run:
@@ -157,4 +167,6 @@ def run(task, backbone, data, bn, out, scale="paper", dry_run=False):
                "wall_time_s": round(time.time() - start, 1), "provenance": provenance.collect()}
     if not dist.is_initialized() or dist.get_rank() == 0:
         atomic.write_json(Path(out) / "metrics.json", metrics)
+        if not keep_checkpoints:
+            remove_checkpoints(Path(out) / "work")
     return {k: v for k, v in metrics.items() if k not in ("raw", "provenance")}
