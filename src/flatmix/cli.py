@@ -24,7 +24,10 @@ def _synth(args):
 
 
 def _prepare(args):
-    if args.dataset.startswith("imagenet"):
+    if args.dataset.startswith("cifar"):
+        from flatmix.data.cifar import prepare
+        manifest = prepare(args.dataset, args.root, args.out)
+    elif args.dataset.startswith("imagenet"):
         from flatmix.data.imagenet100 import prepare
         manifest = prepare(args.imagenet_root, args.out, getattr(args, "class_list", None),
                            every_class=args.dataset == "imagenet1k")
@@ -378,6 +381,12 @@ def build_parser():
     d.add_argument("--imagenet-root", required=True,
                    help="an ImageNet folder with train/ and val/ (or the Kaggle download)")
     d.add_argument("--out", required=True, help="folder for the class folders and manifest.json")
+    for name, published in (("cifar10", "cifar-10-binary.tar.gz"), ("cifar100", "cifar-100-binary.tar.gz")):
+        d = datasets.add_parser(name, help=f"{name.upper().replace('CIFAR', 'CIFAR-')} class folders (PNG) from its "
+                                           f"binary version ({published}; the pickled python version is refused)")
+        d.add_argument("--root", required=True, help=f"a folder holding {published} (its MD5 is checked) or the "
+                                                     "folder it unpacks to")
+        d.add_argument("--out", required=True, help="folder for train/, val/ (the test set) and manifest.json")
     d = datasets.add_parser("voc", help="check a VOCdevkit (VOC2007 trainval/test, VOC2012 trainval)")
     d.add_argument("--root", required=True, help="the VOCdevkit folder")
     d.add_argument("--out", default="prepared/voc", help="folder for manifest.json (default: %(default)s)")
