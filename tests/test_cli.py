@@ -86,7 +86,7 @@ def test_bench_on_cpu_defaults_to_fp32_and_reports_median_and_spread():
         assert 0 <= r["step_s_iqr"] <= r["step_s_max"] - r["step_s_min"]
         assert r["pairs_per_s"] == pytest.approx(8 / r["step_s_median"], rel=1e-3, abs=0.051)  # rounded to 0.1
     mixer = lines[2]
-    assert mixer["mixture_spec"] == lines[1]["mixture_spec"] and mixer["steps"] == 3
+    assert mixer["mixture_spec"] == lines[1]["mixture_spec"] and mixer["mixer_calls"] == 3
     assert 0 < mixer["mixer_s_median"] < lines[1]["step_s_median"] and mixer["copy_s_median"] > 0
     assert mixer["ratio_to_copy"] == pytest.approx(mixer["mixer_s_median"] / mixer["copy_s_median"], rel=0.01)
     assert mixer["step_share"] == pytest.approx(mixer["mixer_s_median"] / lines[1]["step_s_median"], rel=0.01)

@@ -253,7 +253,10 @@ def test_bench_times_the_loader_and_the_step_in_steady_state(jpegs, loader, ahea
                          "--precision", "fp32")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(r["stage"], r["mixture"]) for r in lines] == [("loader", False), ("train", False), ("train", True)]
+    assert [(r["stage"], r["mixture"]) for r in lines] == [("loader", False), ("train", False), ("train", True),
+                                                           ("mixer", True)]
+    assert lines[-1]["mixer_calls"] == min(20 * ahead, 20) and 0 < lines[-1]["step_share"]
+    lines = lines[:-1]
     for r in lines:
         assert r["loader"] == loader and r["device"] == "cpu" and r["pairs_per_s"] > 0
         assert (r["batches_ahead"], r["warmup"], r["steps"]) == (ahead, 5, 20 * ahead)
