@@ -105,7 +105,7 @@ def test_probe_progress_off_a_terminal_is_plain_lines(prepared, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = plain_lines(result.stderr, "linear")
     for epoch in (1, 2):  # each epoch's end at least
-        assert any(re.match(rf"linear epoch {epoch}/2 step (\d+)/\1 loss \d+\.\d{{4}} lr [\d.e-]+ [\d,]+ img/s ", line)
+        assert any(re.match(rf"linear epoch {epoch}/2 step (\d+)/\1 loss \d+\.\d{{4}} lr [\d.e-]+ [\d,.]+ img/s ", line)
                    for line in lines), lines
 
 
@@ -146,7 +146,7 @@ def test_figure5_progress_off_a_terminal_is_plain_lines(prepared, tmp_path):
                          "--image-size", "32", "--workers", "0", "--batch-size", "16")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = plain_lines(result.stderr, "flatness run-a")
-    assert lines and re.match(r"flatness run-a batch 7/7 [\d,]+ img/s ", lines[-1]), lines  # 100 images
+    assert lines and re.match(r"flatness run-a batch 7/7 [\d,.]+ img/s ", lines[-1]), lines  # 100 images
 
 
 def test_probe_under_torchrun(prepared, tmp_path):

@@ -156,7 +156,7 @@ def test_progress_off_a_terminal_is_plain_lines_with_top1_and_data_wait(synth_ro
     steps = metrics[-1]["step"]
     assert len(lines) >= 2 and lines[-1].startswith(f"pretrain epoch 1/1 step {steps}/{steps} ")  # and the first
     for line in lines:
-        assert re.match(r"pretrain epoch 1/1 step \d+/\d+ loss \d+\.\d{4} acc1 \d+\.\d% lr [\d.e-]+ [\d,]+ pairs/s ",
+        assert re.match(r"pretrain epoch 1/1 step \d+/\d+ loss \d+\.\d{4} acc1 \d+\.\d% lr [\d.e-]+ [\d,.]+ pairs/s ",
                         line), line
     assert len(metrics) == steps  # log_every 1
     assert all(0 <= m["acc1"] <= 100 and 0 <= m["data_wait"] <= 1 for m in metrics), metrics
