@@ -142,3 +142,11 @@ def test_a_users_folder_is_not_taken_over(tmp_path):
     assert_one_line_error(run_flatmix("prepare", "cifar10", "--root", tmp_path / "root", "--out", tmp_path / "out"),
                           "notes.txt")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def test_an_output_inside_the_root_is_refused(tmp_path):
+    binary = cifar.BINARIES["cifar10"]
+    root = tmp_path / "my data $(touch PWNED)"
+    _write_binary(root / binary.folder, "cifar10")
+    assert_one_line_error(run_flatmix("prepare", "cifar10", "--root", root, "--out", root / "out"), "--out")
+    assert sorted(p.name for p in root.iterdir()) == [binary.folder] and not (tmp_path / "PWNED").exists()

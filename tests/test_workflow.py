@@ -324,8 +324,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     (tmp_path / "seeded").mkdir()
     seeded = str(_config_with(tmp_path / "seeded", results=root.name, **{"experiments.seeds": 2}))
     plan = snakemake("-n", "--quiet", "rules", "--configfile", seeded, cwd=tmp_path)
-    counts = {line.split()[0]: int(line.split()[1]) for line in (plan.stdout + plan.stderr).splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = _rule_counts(plan)
     assert counts["pretrain"] == counts["linear"] == counts["knn"] == counts["detect"] == 4, counts
     runs = [f"{run}-s1" for run in ("smoke-moco", "smoke-moco-mix", "smoke-cmc", "smoke-cmc-mix")]
     targets = [f"{root.name}/smoke/{kind}/{run}/metrics.json" for run in runs for kind in ("linear", "knn")]

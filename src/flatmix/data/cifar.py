@@ -55,14 +55,6 @@ COARSE_CLASSES = 20  # CIFAR-100's first label byte
 PREPARED_ENTRIES = ("train", "val", "manifest.json", ".staging")
 
 
-def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _Folder:
     """The binary files in an extracted folder."""
 
@@ -80,7 +72,9 @@ class _Archive:
     """The binary files inside the published .tar.gz, its MD5 checked first; nothing is extracted."""
 
     def __init__(self, path, binary):
-        if (md5 := _md5(path)) != binary.md5:
+        with open(path, "rb") as f:
+            md5 = hashlib.file_digest(f, "md5").hexdigest()
+        if md5 != binary.md5:
             raise FlatmixError(f"{path}: MD5 {md5} is not the published {binary.md5}: a damaged or different download")
         self.where, self.folder, self.tar = path, binary.folder, tarfile.open(path, "r:gz")
 
