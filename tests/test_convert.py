@@ -159,6 +159,21 @@ def test_wide_resnet_carries_its_width(tmp_path):
         ("resnet50w2", 128, 128)
 
 
+def test_cifar_resnet18_converts_for_torchvision_and_is_refused_by_mmdet(tmp_path):
+    """The CIFAR recipe's BasicBlock ResNet-18 with its 3x3 stem is recognised as such (its features
+    identical after conversion, SplitBatchNorm's state as BatchNorm's); mmdetection's ResNet cannot hold it."""
+    from flatmix.convert import extract
+    from flatmix.models.resnet import frozen_backbone
+    net = _random_resnet("resnet18cifar")
+    torch.save({"state_dict": _prefixed(net.state_dict(), "module.encoder_q.")}, tmp_path / "r18.pth")
+    summary = convert(tmp_path / "r18.pth", "torchvision", tmp_path / "tv.pth")
+    assert (summary["arch"], summary["block"], summary["cifar_stem"]) == ("resnet18cifar", "basic", True)
+    backbone = extract(tmp_path / "tv.pth")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(frozen_backbone(backbone.arch, backbone.state).eval()(x), _features(net, x)[0], atol=1e-5)
+    _refused(tmp_path, net.state_dict(), "cannot hold a resnet18cifar", "--to torchvision", to="mmdet")
+
+
 def _refused(tmp_path, ckpt, *fragments, view="", to="torchvision"):
     torch.save(ckpt, tmp_path / "bad.pth")
     with pytest.raises(FlatmixError) as e:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
 from flatmix.models.resnet import build_resnet
+from flatmix.models.split_bn import SplitBatchNorm
 
 
 def test_resnet_widths():
@@ -20,13 +21,70 @@ def test_resnet_widths():
     assert set(build_resnet("resnet50").state_dict()) == set(torchvision.models.resnet50().state_dict())
 
 
+def test_resnet18_cifar_stem_keeps_32_pixels_and_torchvision_names():
+    """The MoCo CIFAR demo's ResNet-18: a 3x3 stride-1 stem, no max-pool, BasicBlocks, 512-d; layer4 sees
+    4x4 of a 32-pixel image (an ImageNet stem would leave 1x1)."""
+    import torchvision
+    net = build_resnet("resnet18cifar", num_classes=128)
+    assert net.feature_dim == 512 and net.conv1.weight.shape == (64, 3, 3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+    seen = _outputs(net.layer4)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+    assert seen[0][0].shape == (2, 512, 4, 4)
+    reference = torchvision.models.resnet18(num_classes=128).state_dict()
+    assert {k: v.shape for k, v in net.state_dict().items() if k != "conv1.weight"} == \
+        {k: v.shape for k, v in reference.items() if k != "conv1.weight"}
+
+
+def test_split_batchnorm_is_bn_over_each_share_of_the_batch():
+    """In training each of the splits (every splits-th image) is normalised by its own statistics, and the
+    running statistics are the shares' mean; in eval it is BatchNorm."""
+    torch.manual_seed(0)
+    split = SplitBatchNorm(3, splits=2)
+    split.weight.data.uniform_(0.5, 2)
+    split.bias.data.uniform_(-1, 1)
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    out = split(x)
+    for share in range(2):
+        bn = torch.nn.BatchNorm2d(3)
+        bn.load_state_dict({k: v for k, v in split.state_dict().items()} | {
+            "running_mean": torch.zeros(3), "running_var": torch.ones(3)})
+        assert torch.allclose(out[share::2], bn(x[share::2]), atol=1e-5)
+    expected_mean = torch.stack([0.1 * x[s::2].mean((0, 2, 3)) for s in range(2)]).mean(0)
+    assert torch.allclose(split.running_mean, expected_mean, atol=1e-6)
+    split.eval()
+    plain = torch.nn.BatchNorm2d(3).eval()
+    plain.load_state_dict(split.state_dict())
+    assert torch.equal(split(x), plain(x))
+
+
+def test_symmetric_moco_scores_both_directions_and_queues_both_keys():
+    torch.manual_seed(0)
+    model = MoCo("resnet_tiny", dim=8, K=16, m=0.9, T=0.2, symmetric=True, bn_splits=2).eval()
+    im1, im2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    queue = model.queue.clone()
+    (l12, l21), mixed = model(im1, im2)
+    assert mixed == []
+    q1, q2 = (F.normalize(model.encoder_q(x), dim=1) for x in (im1, im2))
+    k1, k2 = (F.normalize(model.encoder_k(x), dim=1) for x in (im1, im2))
+    assert torch.allclose(l12[:, 0], (q1 * k2).sum(1) / 0.2, atol=1e-5)
+    assert torch.allclose(l21[:, 0], (q2 * k1).sum(1) / 0.2, atol=1e-5)
+    assert torch.allclose(l21[:, 1:], q2 @ queue / 0.2, atol=1e-5)
+    assert torch.allclose(model.queue[:, :8].T, torch.cat([k1, k2]), atol=1e-5)  # the demo's order
+    assert int(model.queue_ptr) == 8
+    im_mix = 0.6 * im1 + 0.4 * im1.flip(0)
+    _, mixed = model(im1, im2, im_mix)
+    assert len(mixed) == 2  # Un-Mix's terms against each direction's keys
+
+
 def test_moco_loss_is_the_hand_written_cross_entropy():
     torch.manual_seed(0)
     model = MoCo("resnet_tiny", dim=8, K=12, m=0.9, T=0.2)
     model.train()
     im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     queue = model.queue.clone()
-    logits = model(im_q, im_k)
+    (logits,), mixed = model(im_q, im_k)
+    assert mixed == []
     q = F.normalize(model.encoder_q(im_q), dim=1)
     k = F.normalize(model.encoder_k(im_k), dim=1)  # the key encoder after this step's momentum update
     scores = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / 0.2
@@ -94,7 +152,7 @@ def test_unmix_logits_use_own_and_reversed_keys():
     im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     im_mix = 0.7 * im_q + 0.3 * im_q.flip(0)
     queue = model.queue.clone()
-    logits, mixed, reversed_ = model(im_q, im_k, im_mix)
+    (logits,), [(mixed, reversed_)] = model(im_q, im_k, im_mix)
     k = F.normalize(model.encoder_k(im_k), dim=1)
     q_mix = F.normalize(model.encoder_q(im_mix), dim=1)
     assert torch.allclose(mixed[:, 0], (q_mix * k).sum(1) / 0.2, atol=1e-5)
@@ -125,7 +183,8 @@ def test_moco_head_is_fp32_under_bf16_autocast():
     queue = model.queue.clone()
     seen = _outputs(model.encoder_q, model.encoder_k)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = model(im_q, im_k, im_mix)
+        (main,), [(own, reversed_)] = model(im_q, im_k, im_mix)
+        logits = (main, own, reversed_)
         losses = [info_nce(x) for x in logits]
     (q, q_mix), (k,) = seen
     assert q.dtype == torch.bfloat16  # the encoders did run in bf16

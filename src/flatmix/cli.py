@@ -245,8 +245,10 @@ def build_parser():
     p.add_argument("--backbone", required=True, help="a checkpoint in any format `flatmix convert` reads")
     p.add_argument("--data", required=True, help="a prepared data set with train/ and val/ class folders")
     p.add_argument("--out", required=True, help="folder for metrics.json, linear.pth and last.pth")
-    p.add_argument("--epochs", type=_at_least(1), help="default: the protocol's (ImageNet-100 60, ImageNet-1K 100)")
-    p.add_argument("--lr", type=_above_zero, help="default: the protocol's (ImageNet-100 10, ImageNet-1K 30)")
+    p.add_argument("--epochs", type=_at_least(1),
+                   help="default: the protocol's (ImageNet-100 60, ImageNet-1K and CIFAR 100)")
+    p.add_argument("--lr", type=_above_zero,
+                   help="default: the protocol's (ImageNet-100 10, ImageNet-1K and CIFAR 30)")
     p.add_argument("--milestones", type=_int_list, help="epochs of x0.1, e.g. 30,40,50 (default: the protocol's)")
     p.add_argument("--batch-size", type=_at_least(1), default=256, help="global batch (default: %(default)s)")
     p.add_argument("--weight-decay", type=_at_least(0.0, float), default=0.0, help="the linear layer's weight decay")

@@ -89,7 +89,8 @@ def _candidates(ckpt):
 
 
 def infer_arch(state):
-    """Blocks per stage, stem width, first stage width and input channels of a Bottleneck ResNet."""
+    """Blocks per stage, stem width, first stage width, block (Bottleneck or BasicBlock), stem (ImageNet's
+    7x7 or CIFAR's 3x3) and input channels of a ResNet."""
     if "conv1.weight" not in state:
         raise FlatmixError("no ResNet backbone found (no conv1.weight)")
     layers = []
@@ -98,16 +99,18 @@ def infer_arch(state):
         if not blocks:
             raise FlatmixError(f"no ResNet backbone found (no layer{stage} blocks)")
         layers.append(max(blocks) + 1)
-    if "layer1.0.conv3.weight" not in state:
-        raise FlatmixError("only Bottleneck ResNets (ResNet-50 and wider or deeper) are supported")
-    stem, in_channels = state["conv1.weight"].shape[:2]
+    if "layer1.0.conv1.weight" not in state:
+        raise FlatmixError("no ResNet backbone found (no layer1.0.conv1.weight)")
+    block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    stem, in_channels, kernel = state["conv1.weight"].shape[:3]
     width = state["layer1.0.conv1.weight"].shape[0]
-    return {"layers": tuple(layers), "stem": int(stem), "width": int(width), "in_channels": int(in_channels)}
+    return {"layers": tuple(layers), "stem": int(stem), "width": int(width), "block": block,
+            "cifar_stem": int(kernel) == 3, "in_channels": int(in_channels)}
 
 
 def arch_name(arch):
-    for name, (layers, stem, width) in ARCHS.items():
-        if (tuple(layers), stem, width) == (arch["layers"], arch["stem"], arch["width"]):
+    for name, known in ARCHS.items():
+        if all(arch[key] == value for key, value in known.items()):
             return name
     return "custom"
 
@@ -119,7 +122,8 @@ def _checked(state, source):
         arch = infer_arch(state)
     except FlatmixError as e:
         raise FlatmixError(f"{source}: {e}") from None
-    reference = WideResNet(arch["layers"], arch["stem"], arch["width"], arch["in_channels"]).state_dict()
+    reference = WideResNet(arch["layers"], arch["stem"], arch["width"], arch["in_channels"], block=arch["block"],
+                           cifar_stem=arch["cifar_stem"]).state_dict()
     expected = {k: v.shape for k, v in reference.items() if not k.startswith("fc.")}
     missing = sorted(set(expected) - set(state))
     unused = sorted(set(state) - set(expected))
@@ -172,6 +176,9 @@ def extract_all(path):
 def mmdet_backbone_cfg(arch):
     """The mmdetection ResNet arguments that hold this backbone (or a refusal)."""
     depth = MMDET_DEPTHS.get(arch["layers"])
+    if arch["block"] != "bottleneck" or arch["cifar_stem"]:
+        raise FlatmixError(f"mmdetection's ResNet-50/101/152 cannot hold a {arch_name(arch)} backbone (BasicBlocks "
+                           "or the CIFAR stem): convert it --to torchvision")
     if depth is None:
         raise FlatmixError(f"mmdetection's ResNet cannot hold blocks {arch['layers']} (ResNet-50/101/152 only)")
     return {"type": "ResNet", "depth": depth, "stem_channels": arch["stem"], "base_channels": arch["width"],
@@ -203,7 +210,8 @@ def convert(src, target, out, view=""):
     provenance = {"source": str(src), "source_format": backbone.source_format, "method": backbone.method,
                   "view": backbone.view, "colour": backbone.colour, "arch": arch_name(backbone.arch),
                   "layers": list(backbone.arch["layers"]), "stem": backbone.arch["stem"],
-                  "width": backbone.arch["width"], "in_channels": backbone.arch["in_channels"]}
+                  "width": backbone.arch["width"], "block": backbone.arch["block"],
+                  "cifar_stem": backbone.arch["cifar_stem"], "in_channels": backbone.arch["in_channels"]}
     if target == "torchvision":
         atomic.write_torch(out, backbone.state)
     elif target == "mmdet":

@@ -147,13 +147,16 @@ class KnnMonitor:
     """Pretraining's kNN monitor: every `train.knn_every` epochs and after the last, the kNN accuracy of the
     live query encoder (CMC: both encoders) with data.root's train/ as the bank and val/ as the queries (at
     most `train.knn_max_images` of each), in eval mode and without a gradient, leaving the model and every
-    random stream as they were. 0: off."""
+    random stream as they were. 0: off. On the pooled backbone features, or with `train.knn_features`
+    embedding on the encoder's output, its head included, as the MoCo CIFAR demo's monitor (the anchors
+    of the CIFAR presets)."""
 
     def __init__(self, cfg, env):
         t = cfg["train"]
         self.every, self.epochs, self.env = t["knn_every"], t["epochs"], env
         self.k, self.t, self.bf16 = t["knn_k"], t["knn_t"], t["precision"] == "bf16"
         self.batch_size, self.workers = t["batch_size"] // env.world, cfg["data"]["workers"]
+        self.embedding = t["knn_features"] == "embedding"
         if self.every:
             colour = "RGB" if cfg["method"] == "moco" else cfg["cmc"]["colour"]
             try:
@@ -176,9 +179,10 @@ class KnnMonitor:
         start = time.time()
         for b in backbones:
             b.eval()
+        features = backbones[0] if self.embedding else (lambda x: pooled_features(backbones, x))
         try:
-            result = accuracy(lambda x: pooled_features(backbones, x), self.bank, self.queries, self.classes,
-                              self.env, self.batch_size, self.workers, self.k, self.t, self.bf16, stop)
+            result = accuracy(features, self.bank, self.queries, self.classes, self.env, self.batch_size,
+                              self.workers, self.k, self.t, self.bf16, stop)
         finally:
             for b, mode in zip(backbones, modes, strict=False):
                 b.train(mode)

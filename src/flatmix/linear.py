@@ -3,13 +3,16 @@ features (CMC: both halves' features concatenated), SGD with momentum 0.9 and no
 schedule; random-resized crop + flip for training, resize + centre crop for validation; top-1 and top-5.
 
 Protocol defaults come from the data set (ImageNet-100: lr 10, 60 epochs, x0.1 at 30/40/50;
-ImageNet-1K: lr 30, 100 epochs, x0.1 at 60/80/90); every value can be overridden. Runs as one process
+ImageNet-1K: lr 30, 100 epochs, x0.1 at 60/80/90; CIFAR-10 and CIFAR-100, by their manifest: lr 30,
+100 epochs, x0.1 at 60/80, the MoCo CIFAR demo's advice with main_lincls.py's steps); every value can be
+overridden. Runs as one process
 or under torchrun; DIR/last.pth (every epoch) makes a restarted command continue exactly. Every image
 is seen each epoch (the last batch may be partial, as main_lincls.py's drop_last=False), and the probe is
 validated after every epoch, as main_lincls.py does: DIR/metrics.json keeps each epoch's mean training
 loss and top-1 ("history"), and flags a probe whose loss diverged (DIVERGENCE_FACTOR).
 """
 
+import json
 import math
 from pathlib import Path
 import time
@@ -34,10 +37,24 @@ from flatmix.progress import Progress
 PROTOCOLS = {
     "imagenet100": {"lr": 10.0, "epochs": 60, "milestones": [30, 40, 50]},
     "imagenet1k": {"lr": 30.0, "epochs": 100, "milestones": [60, 80, 90]},
+    "cifar10": {"lr": 30.0, "epochs": 100, "milestones": [60, 80]},
 }
+PROTOCOLS["cifar100"] = PROTOCOLS["cifar10"]
 # A probe diverged when an epoch's mean loss is not finite (None), or its last epoch's is above this many times its
 # first's: a converging probe's loss falls, and a mere plateau stays well under 2x; its top-1 is then noise.
 DIVERGENCE_FACTOR = 2.0
+
+
+def protocol_of(data, classes):
+    """The protocol of a prepared data set: its manifest's data set where it names one with a protocol (the
+    CIFARs'), else ImageNet-1K's from 1000 classes, ImageNet-100's below."""
+    try:
+        dataset = json.loads((Path(data) / "manifest.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        dataset = None
+    if dataset in PROTOCOLS:
+        return dataset
+    return "imagenet1k" if classes >= 1000 else "imagenet100"
 
 
 def diverged(history):
@@ -106,7 +123,7 @@ def run(backbone, data, out, epochs=None, lr=None, milestones=None, batch_size=2
     classes = len(train_set.images.classes)
     if val_set.classes != train_set.images.classes:
         raise FlatmixError(f"--data {data}: train/ and val/ hold different classes")
-    protocol_name = "imagenet1k" if classes >= 1000 else "imagenet100"
+    protocol_name = protocol_of(data, classes)
     protocol = PROTOCOLS[protocol_name]
     cfg = {"backbone": str(backbone), "data": str(data), "protocol": protocol_name,
            "epochs": epochs if epochs is not None else protocol["epochs"],

@@ -22,8 +22,10 @@ DEFAULTS = {
         # JPEG bytes, decoding and augmentation run batched on the GPU (flatmix.data.gpu_augment)
         "loader": "pil",
     },
-    "model": {"arch": "resnet50", "dim": 128},
-    "moco": {"K": 16384, "m": 0.99, "T": 0.07, "mlp": False, "aug": "v1"},  # aug: v1 | v2
+    # bn_splits: BatchNorm over that many shares of each process's batch (flatmix.models.split_bn; MoCo)
+    "model": {"arch": "resnet50", "dim": 128, "bn_splits": 1},
+    # aug: v1 | v2 | cifar (the MoCo CIFAR demo's); symmetric: also the swapped pair's loss (the demo's option)
+    "moco": {"K": 16384, "m": 0.99, "T": 0.07, "mlp": False, "aug": "v1", "symmetric": False},
     "cmc": {"K": 16384, "T": 0.07, "momentum": 0.5, "colour": "YCbCr"},      # colour: YCbCr | Lab
     "mixture": {
         "views": "joint",    # joint: query and key share draws (the authors' code) | query: query only
@@ -50,11 +52,13 @@ DEFAULTS = {
         "log_every": 10,        # steps between metrics.jsonl lines
         # the kNN monitor (flatmix.knn): every knn_every epochs and after the last (0: off), InstDisc's
         # weighted vote of the knn_k nearest training images at temperature knn_t, data.root's train/ the
-        # bank and val/ the queries, at most knn_max_images of each (null: all)
+        # bank and val/ the queries, at most knn_max_images of each (null: all), on knn_features: pooled (the
+        # backbone's, as `flatmix knn` and the probe) | embedding (the head's output, as the MoCo CIFAR demo)
         "knn_every": 0,
         "knn_k": 200,
         "knn_t": 0.1,
         "knn_max_images": None,
+        "knn_features": "pooled",
     },
 }
 
@@ -79,8 +83,9 @@ SCHEMA = _obj(
     method={"enum": ["moco", "cmc"]},
     seed=_int(0) | {"maximum": 2**31 - 1},
     data=_obj(root={"type": "string"}, image_size=_int(16), workers=_int(0), loader={"type": "string"}),
-    model=_obj(arch={"type": "string"}, dim=_int(1)),
-    moco=_obj(K=_int(1), m=_num(0, 1), T=_num(0, above=True), mlp={"type": "boolean"}, aug={"enum": ["v1", "v2"]}),
+    model=_obj(arch={"type": "string"}, dim=_int(1), bn_splits=_int(1)),
+    moco=_obj(K=_int(1), m=_num(0, 1), T=_num(0, above=True), mlp={"type": "boolean"},
+              aug={"enum": ["v1", "v2", "cifar"]}, symmetric={"type": "boolean"}),
     cmc=_obj(K=_int(1), T=_num(0, above=True), momentum=_num(0, 1), colour={"enum": ["YCbCr", "Lab"]}),
     mixture=_obj(
         views={"enum": ["joint", "query"]}, unmix={"type": "boolean"}, unmix_prob=_num(0, 1),
@@ -92,7 +97,7 @@ SCHEMA = _obj(
         schedule={"enum": ["step", "cosine"]}, milestones={"type": "array", "items": _int(1)},
         precision={"enum": ["fp32", "bf16"]}, channels_last={"type": "boolean"}, compile={"type": "boolean"},
         checkpoint_every=_int(1), log_every=_int(1), knn_every=_int(0), knn_k=_int(1), knn_t=_num(0, above=True),
-        knn_max_images={"anyOf": [{"type": "null"}, _int(1)]},
+        knn_max_images={"anyOf": [{"type": "null"}, _int(1)]}, knn_features={"enum": ["pooled", "embedding"]},
     ),
 )
 

@@ -45,7 +45,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", TENSORBOARD, "last.pth", "checkpoin
 CHECKPOINT_FORMAT = "flatmix-pretrain/1"
 # Settings that only watch the run (the kNN monitor reads the model and leaves it and every random stream
 # as they were: tests/test_knn.py): a run continues, or counts as complete, whatever they are.
-WATCHING = ("train.knn_every", "train.knn_k", "train.knn_t", "train.knn_max_images")
+WATCHING = ("train.knn_every", "train.knn_k", "train.knn_t", "train.knn_max_images", "train.knn_features")
 
 
 def _validate(cfg):
@@ -62,6 +62,9 @@ def _validate(cfg):
         (cfg["model"]["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {cfg['model']['arch']!r}"),
         (cfg["data"]["loader"] in LOADERS, f"data.loader must be one of {', '.join(LOADERS)}, got {cfg['data']['loader']!r}"),
         (not (cfg["mixture"]["unmix"] and cfg["method"] == "cmc"), "mixture.unmix is defined for MoCo only"),
+        (cfg["model"]["bn_splits"] == 1 or cfg["method"] == "moco", "model.bn_splits is defined for MoCo only"),
+        (cfg["train"]["knn_features"] == "pooled" or cfg["method"] == "moco",
+         "train.knn_features embedding is defined for MoCo only (CMC's two heads embed two views)"),
         (cfg["train"]["batch_size"] >= 2 or not (cfg["mixture"]["global"]["mixes"] or cfg["mixture"]["region"]["mixes"]),
          "the mixtures need train.batch_size of at least 2 (a partner is another image of the global batch)"),
     ]
@@ -91,7 +94,8 @@ def adjust_learning_rate(optimizer, cfg, epoch):
 def build_model(cfg, n_data):
     if cfg["method"] == "moco":
         m = cfg["moco"]
-        return MoCo(cfg["model"]["arch"], dim=cfg["model"]["dim"], K=m["K"], m=m["m"], T=m["T"], mlp=m["mlp"])
+        return MoCo(cfg["model"]["arch"], dim=cfg["model"]["dim"], K=m["K"], m=m["m"], T=m["T"], mlp=m["mlp"],
+                    symmetric=m["symmetric"], bn_splits=cfg["model"]["bn_splits"])
     c = cfg["cmc"]
     return CMC(n_data, arch=cfg["model"]["arch"], dim=cfg["model"]["dim"], K=c["K"], T=c["T"],
                momentum=c["momentum"])
@@ -131,18 +135,19 @@ def pretrain_batches(cfg, env, root):
 
 
 def contrastive_loss(method, net, mixer, views, index):
-    """The method's loss on a batch of (mixed) views: MoCo's InfoNCE (with Un-Mix's two extra terms when
-    on) or CMC's two-way loss against the memory bank; and the logits of its main term (CMC: both
-    directions'), for `contrastive_top1`."""
+    """The method's loss on a batch of (mixed) views: MoCo's InfoNCE (each direction's, with `symmetric`
+    both; with Un-Mix each direction's two extra terms) or CMC's two-way loss against the memory bank; and
+    the logits of its main terms (CMC: both directions'), for `contrastive_top1`."""
     if method == "cmc":
         scores = net(views[0], index)
         return cmc_loss(*scores), scores
     if not mixer.unmix:
-        logits = net(*views)
-        return info_nce(logits), (logits,)
+        main, _ = net(*views)
+        return sum(map(info_nce, main)), main
     im_mix, lam = mixer.unmix_queries(views[0])
-    logits, logits_mix, logits_reversed = net(*views, im_mix)
-    return info_nce(logits) + lam * info_nce(logits_mix) + (1 - lam) * info_nce(logits_reversed), (logits,)
+    main, mixed = net(*views, im_mix)
+    return sum(map(info_nce, main)) + sum(lam * info_nce(own) + (1 - lam) * info_nce(reversed_)
+                                          for own, reversed_ in mixed), main
 
 
 def contrastive_top1(*logits):
@@ -288,6 +293,9 @@ def _train(cfg, out, env, force, signalled):
     t = cfg["train"]
     if t["batch_size"] % env.world:
         raise FlatmixError(f"train.batch_size {t['batch_size']} is not divisible by {env.world} processes")
+    if (t["batch_size"] // env.world) % cfg["model"]["bn_splits"]:
+        raise FlatmixError(f"model.bn_splits {cfg['model']['bn_splits']} does not divide the {t['batch_size'] // env.world} "
+                           f"images of each process's batch")
     root = Path(cfg["data"]["root"]) / "train"
     if not root.is_dir():
         raise FlatmixError(f"data.root: {root} is not a folder of class folders")
@@ -347,7 +355,9 @@ def _train(cfg, out, env, force, signalled):
     if len(set(weights)) > 1:
         raise FlatmixError(f"the {env.world} processes ended with different weights (sha256 {', '.join(weights)}); "
                            "checkpoint.pth is not written")
-    result = {"epochs": t["epochs"], "final_loss": checkpoint.loss, "knn": checkpoint.knn, "processes": env.world,
+    final_knn = next((h["top1"] for h in checkpoint.knn if h["epoch"] == t["epochs"]), None)
+    result = {"epochs": t["epochs"], "final_loss": checkpoint.loss, "knn": checkpoint.knn, "knn_top1": final_knn,
+              "knn_features": t["knn_features"], "processes": env.world,
               "parameters_sha256_by_rank": weights,
               "device": str(env.device), "wall_time_s": round(checkpoint.wall_time_s(), 1)}
     if env.main:

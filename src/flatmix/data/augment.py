@@ -4,6 +4,9 @@
   ColorJitter(0.4, 0.4, 0.4, 0.4), flip, ImageNet mean/std.
 - MoCo v2 ('aug+'): ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2, Gaussian blur
   sigma 0.1-2 with p 0.5, flip.
+- MoCo CIFAR ('cifar', the MoCo CIFAR demo's and Un-Mix's CIFAR scripts'): RandomResizedCrop(scale
+  0.08-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2; normalised by ImageNet's
+  mean/std where the demo uses CIFAR's (every evaluation then reads every backbone the same way).
 - CMC (its ImageNet recipe): RandomResizedCrop(scale 0.08-1), flip, then the image in YCbCr (scikit-image's
   convention, Y in 16-235) or Lab, normalised by the CMC code base's constants to about [-1, 1].
 
@@ -51,6 +54,10 @@ def rgb_to_lab(rgb):
 
 
 def moco_transform(size, version):
+    if version == "cifar":
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                          T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     if version == "v1":
         colour = [T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4)]
     else:

@@ -3,7 +3,12 @@ encoder, a queue of K negative keys and the Softmax-CE (InfoNCE) loss with the p
 
 Under DDP the key encoder's batch is shuffled across all ranks (shuffle BN), so that BatchNorm cannot
 use the statistics of the very batch it encodes to cheat. In one process there is one BN batch and
-shuffling it would change nothing, so it is skipped.
+shuffling it would change nothing, so it is skipped, unless the encoders' BN splits the batch
+(`bn_splits`, flatmix.models.split_bn: one GPU imitating several), where the keys' batch is shuffled
+within the process, as the MoCo CIFAR demo does.
+
+`symmetric` (the demo's option, after SimCLR and BYOL) adds the swapped pair: the second view's queries
+against the first view's keys; both directions' keys join the queue.
 
 The encoders run under the caller's autocast (bf16 in the paper runs); the head (normalisation, dot
 products with the keys and the queue, /T, Softmax-CE) runs in fp32 with autocast off: in bf16 each cosine
@@ -17,14 +22,15 @@ import torch.nn.functional as F
 
 from flatmix.distributed import concat_all_gather, is_distributed
 from flatmix.models.resnet import build_resnet
+from flatmix.models.split_bn import norm_layer
 
 
 class MoCo(nn.Module):
-    def __init__(self, arch="resnet50", dim=128, K=65536, m=0.999, T=0.07, mlp=False):
+    def __init__(self, arch="resnet50", dim=128, K=65536, m=0.999, T=0.07, mlp=False, symmetric=False, bn_splits=1):
         super().__init__()
-        self.K, self.m, self.T = K, m, T
-        self.encoder_q = build_resnet(arch, num_classes=dim)
-        self.encoder_k = build_resnet(arch, num_classes=dim)
+        self.K, self.m, self.T, self.symmetric, self.bn_splits = K, m, T, symmetric, bn_splits
+        self.encoder_q = build_resnet(arch, num_classes=dim, norm_layer=norm_layer(bn_splits))
+        self.encoder_k = build_resnet(arch, num_classes=dim, norm_layer=norm_layer(bn_splits))
         if mlp:  # MoCo v2's projection head
             for enc in (self.encoder_q, self.encoder_k):
                 hidden = enc.fc.weight.shape[1]
@@ -60,9 +66,13 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _shuffled_keys(self, im_k):
-        """Keys of im_k computed on a batch shuffled across ranks, returned in the original order."""
+        """Keys of im_k computed on a batch shuffled across ranks (in one process: within it, when its BN
+        splits the batch), returned in the original order."""
         if not is_distributed():
-            return self.encoder_k(im_k)
+            if self.bn_splits == 1:
+                return self.encoder_k(im_k)
+            perm = torch.randperm(im_k.shape[0], device=im_k.device)
+            return self.encoder_k(im_k[perm])[torch.argsort(perm)]
         local = im_k.shape[0]
         gathered = concat_all_gather(im_k)
         perm = torch.randperm(gathered.shape[0], device=im_k.device)
@@ -79,24 +89,27 @@ class MoCo(nn.Module):
         return torch.cat([l_pos, l_neg], dim=1) / self.T
 
     def forward(self, im_q, im_k, im_mix=None):
-        """fp32 logits [B, 1 + K] (positive first); the batch's keys then join the queue.
+        """fp32 logits [B, 1 + K] (positive first) as (main, mixed); the keys then join the queue.
 
-        With im_mix (Un-Mix: the queries mixed with the reversed batch), also the mixed queries' logits
-        against their own keys and against the reversed batch's keys.
+        main: the queries of im_q against the keys of im_k, and with `symmetric` also those of im_k against
+        the keys of im_q. mixed (Un-Mix, with im_mix: im_q mixed with the reversed batch; else []): for each
+        direction's keys, (the mixed queries' logits against them, against the reversed batch's).
         """
-        q = self.encoder_q(im_q)
+        pairs = [(im_q, im_k), (im_k, im_q)] if self.symmetric else [(im_q, im_k)]
+        queries = [self.encoder_q(q) for q, _ in pairs]
         with torch.no_grad():
             self.momentum_update()
-            k = self._shuffled_keys(im_k)
+            keys = [self._shuffled_keys(k) for _, k in pairs]
         q_mix = None if im_mix is None else self.encoder_q(im_mix)
         with torch.autocast(im_q.device.type, enabled=False):
-            q, k = normalize(q), normalize(k)
-            logits = [self._logits(q, k)]
+            keys = [normalize(k) for k in keys]
+            main = [self._logits(normalize(q), k) for q, k in zip(queries, keys, strict=True)]
+            mixed = []
             if q_mix is not None:
                 q_mix = normalize(q_mix)
-                logits += [self._logits(q_mix, k), self._logits(q_mix, k.flip(0))]
-            self.enqueue(k)
-        return logits[0] if im_mix is None else tuple(logits)
+                mixed = [(self._logits(q_mix, k), self._logits(q_mix, k.flip(0))) for k in keys]
+            self.enqueue(torch.cat(keys[::-1]))  # the demo's order: the first view's keys first
+        return main, mixed
 
 
 def normalize(features):
