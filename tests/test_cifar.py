@@ -16,8 +16,9 @@ from flatmix.data import cifar
 from flatmix.errors import FlatmixError
 
 
-def _write_binary(folder, dataset, per_file=12, seed=0):
-    """`folder` as the binary version unpacks (fewer records), returning {split: (labels, pixels)}."""
+def _write_binary(folder, dataset, per_file=12, seed=0, every_class=False):
+    """`folder` as the binary version unpacks (fewer records), returning {split: (labels, pixels)};
+    `every_class`: each file's labels cycle through the classes (every class in every split)."""
     binary = cifar.BINARIES[dataset]
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
@@ -27,7 +28,8 @@ def _write_binary(folder, dataset, per_file=12, seed=0):
     for split, files in (("train", binary.train), ("val", (binary.test,))):
         labels, pixels = [], []
         for name in files:
-            label = rng.integers(0, binary.classes, per_file, dtype=np.uint8)
+            label = rng.integers(0, binary.classes, per_file, dtype=np.uint8) if not every_class else \
+                rng.permutation(np.arange(per_file) % binary.classes).astype(np.uint8)
             image = rng.integers(0, 256, (per_file, cifar.PIXELS), dtype=np.uint8)
             head = [rng.integers(0, cifar.COARSE_CLASSES, per_file, dtype=np.uint8)] if binary.label_bytes == 2 else []
             (folder / name).write_bytes(np.column_stack([*head, label, image]).tobytes())

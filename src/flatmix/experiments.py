@@ -15,6 +15,9 @@ Where the paper is silent (see docs/pages/differences.md):
 - Table 5's "+Global" is Table 1's best (4 mixes) and "+Region" Tables 2-3's best (5 mixes, decay 0.2) for
   both methods (Table 4's caption: CMC's best uses global mixtures of 4).
 - The transfer backbones (Tables 7-8) are ImageNet-1K ResNet-50 runs of 200 epochs.
+
+The CIFAR presets are no part of the paper: one GPU's check against published kNN numbers (the MoCo CIFAR
+demo's, Un-Mix's), a row per `cifar.runs` entry (flatmix.presets.cifar_run).
 """
 
 from dataclasses import dataclass, replace
@@ -23,7 +26,8 @@ import re
 from flatmix.detect import TASKS
 from flatmix.errors import FlatmixError
 from flatmix.layout import Detection
-from flatmix.presets import PRESETS as SMOKE_RUNS, in100_run, in1k_run, mixture, seed_replica
+from flatmix.layout import ROOT_OF
+from flatmix.presets import PRESETS as SMOKE_RUNS, cifar_run, in100_run, in1k_run, mixture, seed_replica
 from flatmix.workflow_config import check_renamed, get, merge
 
 PRESET_PARTS = {
@@ -36,6 +40,8 @@ PRESET_PARTS = {
 PRESET_PARTS["paper"] = tuple(part for parts in PRESET_PARTS.values() for part in parts)
 # the transfer tables for the outside checkpoints alone: no pretraining, so no ImageNet
 PRESET_PARTS["benchmark"] = PRESET_PARTS["transfer"]
+CIFAR_PARTS = ("cifar10", "cifar100")  # each a preset of its own, its part and its data set
+PRESET_PARTS |= {part: (part,) for part in CIFAR_PARTS}
 PRESETS = tuple(PRESET_PARTS)
 # What each preset makes, for `flatmix plan --help` (docs/pages/paper.md's preset table says it at length).
 PRESET_DESCRIPTIONS = {
@@ -49,6 +55,9 @@ PRESET_DESCRIPTIONS = {
     "paper": "all of the above",
     "benchmark": "Tables 7-8 for your own checkpoints alone (transfer.checkpoints), beside the paper's rows: no "
                  "pretraining, VOC and/or COCO only",
+    "cifar10": "one GPU: MoCo (the MoCo CIFAR demo's recipe), the paper's mixtures and Un-Mix on CIFAR-10, kNN "
+               "beside the demo's and Un-Mix's published numbers",
+    "cifar100": "the same on CIFAR-100, beside Un-Mix's published numbers",
 }
 # The parts that make a Figure 5, and the key of each in Experiments.flatness (RESULTS/PRESET/flatness/KEY/): the
 # paper's (ImageNet-1K) first, then the ImageNet-100 one that the smoke and in100-main presets make.
@@ -60,9 +69,10 @@ SMOKE_STANDINS = {  # the smoke runs, and which paper run (by its role) each imi
     "smoke-moco": "moco-800", "smoke-moco-mix": "moco-ours-800", "smoke-cmc": "cmc-800",
     "smoke-cmc-mix": "cmc-ours-800",
 }
-SEEDED_PARTS = (*PRESET_PARTS["paper"], "smoke")  # the keys of a per-part `experiments.seeds` map
+SEEDED_PARTS = (*PRESET_PARTS["paper"], "smoke", *CIFAR_PARTS)  # the keys of a per-part `experiments.seeds` map
 MAX_SEEDS = 100  # as the workflow's schema
-DATA_NAMES = {"imagenet": "ImageNet", "voc": "VOC", "coco": "COCO"}  # by data root key
+DATA_NAMES = {"imagenet": "ImageNet", "voc": "VOC", "coco": "COCO", "cifar10": "CIFAR-10",
+              "cifar100": "CIFAR-100"}  # by data root key
 SMOKE_TRANSFER = "smoke-moco-mix"  # the smoke run fine-tuned in the transfer tables' first "ours" row
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -96,11 +106,13 @@ class Experiments:
         self.config = config
         self.smoke = self.preset == "smoke"
         self.benchmark = self.preset == "benchmark"
+        self.cifar = self.preset in CIFAR_PARTS
         self.runs = {}          # name -> spec of every pretraining run a table names
         self.datasets = {}      # name -> "imagenet100" | "imagenet1k"
         self.outside = dict(get(config, "transfer.checkpoints") or {})
         self.grids = {part: getattr(self, "_" + part.replace("-", "_"))() for part in PRESET_PARTS["paper"]
                       if part not in DETECTION_PARTS}
+        self.grids |= {part: self._cifar(part) for part in CIFAR_PARTS}
         self.backbones = self._backbones()
         self.grids |= {part: self._detections(task, bn) for part, (task, bn) in DETECTION_PARTS.items()}
         table5 = {method: self.grids["table5"][method] for method in ("moco", "cmc")}
@@ -133,7 +145,7 @@ class Experiments:
                 key = f"experiments.seeds.{part}" if isinstance(setting, dict) else "experiments.seeds"
                 raise FlatmixError(f"{key}: {n!r} is not a number of seeds from 1 to {MAX_SEEDS}")
         seeds = dict.fromkeys(SMOKE_RUNS, per_part["smoke"])
-        for part in PRESET_PARTS["paper"]:
+        for part in (*PRESET_PARTS["paper"], *CIFAR_PARTS):
             for run in self._named_runs(part):
                 seeds[run] = max(seeds.get(run, 1), per_part[part])
         return seeds
@@ -169,6 +181,20 @@ class Experiments:
                                                  "knn_t": knn["t"]}})
         self.datasets[name] = dataset
         return name
+
+    def _cifar(self, dataset):
+        """{row: run} of a CIFAR preset (`cifar.runs`), one GPU each, its kNN monitor the metric."""
+        c = get(self.config, "cifar")
+        rows = {}
+        for row in c["runs"]:
+            name, spec = cifar_run(dataset, row, c["epochs"], c["batch_size"], c["bn_splits"], c["mixture_loss"],
+                                   c["mixture"])
+            self.runs[name] = merge(spec, {"data": {"loader": "pil", "workers": c["pretrain"]["workers"]},
+                                           "train": {"knn_every": c["pretrain"]["knn_every"], "knn_k": c["knn"]["k"],
+                                                     "knn_t": c["knn"]["t"], "knn_max_images": c["knn"]["max_images"]}})
+            self.datasets[name] = dataset
+            rows[row] = name
+        return rows
 
     def _e(self, key):
         return get(self.config, f"experiments.{key}")
@@ -290,9 +316,20 @@ class Experiments:
         return PRESET_PARTS[self.preset]
 
     def settings(self, section):
-        """A stage's settings for this preset's scale: config `smoke.SECTION` for the smoke preset, else
-        `SECTION` (linear, flatness)."""
-        return self.config["smoke"][section] if self.smoke else self.config[section]
+        """A stage's settings for this preset: config `smoke.SECTION` for the smoke preset, `cifar.SECTION`
+        for the CIFAR presets (linear, knn: they make no Figure 5), else `SECTION` (linear, knn, flatness)."""
+        if self.smoke:
+            return self.config["smoke"][section]
+        return self.config["cifar"][section] if self.cifar and section != "flatness" else self.config[section]
+
+    def shape_setting(self, run):
+        """(config key, {gpus, nodes}) of a pretraining run's shape: `smoke.pretrain`, `cifar.pretrain` or
+        `experiments.DATASET`."""
+        if self.smoke or self.cifar:
+            key = "smoke.pretrain" if self.smoke else "cifar.pretrain"
+            return key, get(self.config, key)
+        dataset = self.dataset_of(run)
+        return f"experiments.{dataset}", get(self.config, f"experiments.{dataset}")
 
     @property
     def scale(self):
@@ -361,11 +398,15 @@ class Experiments:
                                                   "(the smoke, transfer, benchmark and paper presets do)"))
         if self.smoke:
             return notes
-        read = {"imagenet"} if self.pretrain_runs() else set()
-        read |= {TASKS[d.task] for d in self.detections()}
+        read = self._roots_read()
         notes += [(f"data.{key}", f"ignored by preset {self.preset}, which reads no {DATA_NAMES[key]} data")
-                  for key in ("imagenet", "voc", "coco") if get(self.config, f"data.{key}") and key not in read]
+                  for key in DATA_NAMES if get(self.config, f"data.{key}") and key not in read]
         return notes
+
+    def _roots_read(self):
+        """The data roots (keys of `data`) this preset's runs and detections read."""
+        return {ROOT_OF[self.dataset_of(run)] for run in self.pretrain_runs()} | \
+            {TASKS[d.task] for d in self.detections()}
 
     def missing_roots(self):
         """The data roots (`data.KEY`) this preset reads but the config leaves null: ImageNet for its
@@ -376,10 +417,8 @@ class Experiments:
             return []
         if self.benchmark:  # VOC, COCO or both: the tables of whichever is set
             return [] if get(self.config, "data.voc") or get(self.config, "data.coco") else ["data.voc", "data.coco"]
-        needed = {"imagenet"} if self.pretrain_runs() else set()
-        needed |= {TASKS[d.task] for d in self.detections()}
-        return [f"data.{key}" for key in ("imagenet", "voc", "coco")
-                if key in needed and not get(self.config, f"data.{key}")]
+        needed = self._roots_read()
+        return [f"data.{key}" for key in DATA_NAMES if key in needed and not get(self.config, f"data.{key}")]
 
 
 def _runs(grid):

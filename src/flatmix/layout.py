@@ -3,7 +3,7 @@ other), the data every preset shares under RESULTS/data/, and inside a preset's 
 of result. The one home of these paths: the rules (workflow/rules/common.smk), `flatmix plan --commands`
 and the report all ask the objects here, and none builds or parses a path of its own.
 
-A result is addressed by a key (Pretraining, Probe, Knn, Detection, Flatness) whose `.path` is its file and
+A result is addressed by a key (Pretraining, Monitor, Probe, Knn, Detection, Flatness) whose `.path` is its file and
 whose `.log` is its rule's log, both relative to the preset's folder.
 """
 
@@ -11,7 +11,8 @@ from collections import namedtuple
 import posixpath
 
 # The config key (`data.KEY`) of the root each data set is prepared from
-ROOT_OF = {"imagenet100": "imagenet", "imagenet1k": "imagenet", "voc": "voc", "coco": "coco"}
+ROOT_OF = {"imagenet100": "imagenet", "imagenet1k": "imagenet", "voc": "voc", "coco": "coco", "cifar10": "cifar10",
+           "cifar100": "cifar100"}
 
 
 def _folder(*parts):
@@ -56,6 +57,16 @@ class Pretraining(_Result, namedtuple("Pretraining", "run")):
     consumers read."""
     __slots__ = ()
     FILE = "checkpoint.pth"
+
+    @property
+    def folder(self):
+        return f"pretrain/{self.run}"
+
+
+class Monitor(_Result, namedtuple("Monitor", "run")):
+    """A pretraining run's summary, which holds its kNN monitor's result after the last epoch (knn_top1)."""
+    __slots__ = ()
+    FILE = "summary.json"
 
     @property
     def folder(self):

@@ -4,15 +4,18 @@ run counted once; or each pretraining run's command, as the workflow runs it (fl
 
 GPU-hours follow from per-GPU rates, each measured where RATES says (bf16 + channels_last, mixtures on,
 data already on the GPU: the loader must keep up, see `flatmix bench pretrain`) and, for detection,
-mmdetection's model-zoo times on V100s. Every rate is a flag; the data set sizes are the real ones
+mmdetection's model-zoo times on V100s; the CIFAR presets' from the MoCo CIFAR demo's V100 log (fp32:
+bf16 on a newer GPU is faster, so these hours are an upper bound there). All are hours on one GPU. Every rate is a flag; the data set sizes are the real ones
 (flatmix.paper), or the embedded set's for the smoke preset.
 """
 
 from flatmix import paper
+from flatmix.data import cifar
 from flatmix.detect import TASKS
 from flatmix.experiments import PRESET_PARTS, Experiments
 from flatmix.launch import pretrain_command, run_shape
 from flatmix.linear import PROTOCOLS
+from flatmix.presets import CIFAR_ARCH
 from flatmix.workflow_config import get
 
 # (per-GPU rate, where it was measured). The H200's: `tools/gpu-check`, 2026-12-04, torch 2.11, bench-synthetic
@@ -23,9 +26,21 @@ RATES = {
     "probe_images_per_s": (12720.0, "H100: frozen R50 forward + linear layer"),
     "faster_rcnn_s_per_iter": (0.216, "V100, mmdetection's model zoo: R50-FPN, 2 images (also RetinaNet's)"),
     "mask_rcnn_s_per_iter": (0.265, "V100, mmdetection's model zoo: R50-FPN, 2 images"),
+    "cifar_pairs_per_s": (2480.0, "V100, the MoCo CIFAR demo's log: ResNet-18 CIFAR, batch 512, asymmetric, fp32, "
+                                  "97 steps in about 20 s"),
+    "cifar_images_per_s": (14000.0, "V100, the MoCo CIFAR demo's log: its 50,000-image kNN bank in about 3.5 s"),
 }
-# Compute of an encoder relative to ResNet-50 (FLOPs): R50 w2x has every stage twice as wide.
-ARCH_COST = {"resnet50": 1.0, "resnet50w2": 3.9, "resnet50half": 1.0}
+# Compute of an encoder relative to ResNet-50 (FLOPs): R50 w2x has every stage twice as wide. The CIFAR
+# ResNet-18 has rates of its own (cifar_*).
+ARCH_COST = {"resnet50": 1.0, "resnet50w2": 3.9, "resnet50half": 1.0, "resnet18cifar": 1.0}
+
+
+def loss_passes(spec):
+    """A MoCo step's encoder work relative to the asymmetric loss's (one query forward and backward, about
+    3 forwards' worth, and one key forward): the symmetric loss does it twice, Un-Mix adds one mixed
+    query (+0.75)."""
+    moco, mixture = spec.get("moco", {}), spec.get("mixture", {})
+    return (2 if moco.get("symmetric") else 1) + (0.75 if mixture.get("unmix") else 0)
 DETECTION_EPOCHS = 12
 
 
@@ -37,7 +52,12 @@ def _sizes(experiments):
                 "voc": 2 * s["voc_images"], "coco": s["coco_images"]}
     return {"imagenet100": (paper.IMAGENET100_TRAIN, paper.IMAGENET100_VAL),
             "imagenet1k": (paper.IMAGENET1K_TRAIN, paper.IMAGENET1K_VAL),
+            "cifar10": (cifar.TRAIN_IMAGES, cifar.TEST_IMAGES), "cifar100": (cifar.TRAIN_IMAGES, cifar.TEST_IMAGES),
             "voc": paper.VOC0712_TRAINVAL, "coco": paper.COCO_TRAIN2017}
+
+
+def _arch(spec):
+    return spec.get("model", {}).get("arch", "resnet50")
 
 
 class Plan:
@@ -51,8 +71,10 @@ class Plan:
         """(images processed, GPU-hours) of one pretraining run."""
         dataset = self.experiments.dataset_of(run)
         images = spec["train"]["epochs"] * self.sizes[dataset][0]
-        rate = self.rates["cmc_pairs_per_s" if spec["method"] == "cmc" else "moco_pairs_per_s"]
-        return images, images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / rate / 3600
+        arch = _arch(spec)
+        rate = self.rates["cifar_pairs_per_s" if arch == CIFAR_ARCH else
+                          "cmc_pairs_per_s" if spec["method"] == "cmc" else "moco_pairs_per_s"]
+        return images, images * ARCH_COST[arch] * loss_passes(spec) / rate / 3600
 
     def probe_cost(self, run, spec):
         """GPU-hours of one run's linear probe, at the epochs the workflow gives it (config `linear`, or
@@ -66,7 +88,9 @@ class Plan:
 
     def _frozen_forward_gpu_h(self, images, spec):
         """GPU-hours of `images` through a run's frozen encoder, at the probe's rate."""
-        return images * ARCH_COST[spec.get("model", {}).get("arch", "resnet50")] / self.rates["probe_images_per_s"] / 3600
+        arch = _arch(spec)
+        rate = self.rates["cifar_images_per_s" if arch == CIFAR_ARCH else "probe_images_per_s"]
+        return images * ARCH_COST[arch] / rate / 3600
 
     def knn_cost(self, run, spec):
         """GPU-hours of one run's kNN: the monitor's checks during pretraining (every train.knn_every epochs
@@ -128,6 +152,11 @@ class Plan:
                          f"{row['pretrain_gpu_h']:>16,.1f}{row['probe_gpu_h']:>13,.1f}{row['knn_gpu_h']:>11,.1f}"
                          f"{row['detections']:>12}"
                          f"{row['detect_gpu_h']:>14,.1f}{row['gpu_h']:>12,.1f}")
+        e = self.experiments
+        if e.cifar and all(run_shape(e, run, spec) == (1, 1) for run, spec in e.pretrain_runs().items()):
+            # every run on one GPU: the total is the wall time on one
+            lines.append(f"on one GPU: about {self.rows()[-1]['gpu_h']:,.1f} hours, the runs one after another, at the "
+                         "rates above (the cifar_* ones a V100's in fp32: less on a newer GPU in bf16)")
         return "\n".join(lines)
 
     def note(self):

@@ -156,6 +156,39 @@ def in1k_run(arch, epochs, mix, K, batch_size):
     return f"in1k-moco-{arch}{_tag(mix)}-e{epochs}-k{K}", run
 
 
+# The rows of the CIFAR presets (config `cifar.runs`): the MoCo CIFAR demo's two losses, then the paper's
+# mixtures and Un-Mix, each with `cifar.mixture_loss`
+CIFAR_RUNS = ("asymmetric", "symmetric", "global", "region", "global+region", "unmix")
+CIFAR_K = 4096
+CIFAR_ARCH = "resnet18cifar"  # the demo's ResNet-18 with the CIFAR stem
+
+
+def cifar_run(dataset, row, epochs, batch_size, bn_splits, mixture_loss, mixture_settings):
+    """(name, spec) of a CIFAR run: the MoCo CIFAR demo's recipe (ResNet-18 with the CIFAR stem, 128-d
+    head, lr 0.06 for batch 512 and in proportion to another (the demo's comment: 0.03 for 256), cosine,
+    wd 5e-4, K 4096, m 0.99, T 0.1, its 32-pixel augmentation, its kNN monitor on the head's output) with
+    the row's loss and mixture: the paper's global and/or region
+    mixture (`mixture_settings`: {mixes, p, decay}, Un-Mix's CIFAR settings by default), or Un-Mix (MoCo
+    only: mixup or CutMix with the reversed batch, even odds, as unmix_c10.py's --prob 0.5)."""
+    loss = row if row in ("asymmetric", "symmetric") else mixture_loss
+    m = mixture_settings
+    mix = mixture(global_mixes=m["mixes"] if "global" in row else 0, global_p=m["p"],
+                  region_mixes=m["mixes"] if "region" in row else 0, region_p=m["p"], decay=m["decay"])
+    if row == "unmix":
+        mix = {"unmix": True, "unmix_prob": 0.5}
+    run = {"method": "moco", "data": {"image_size": 32},
+           "model": {"arch": CIFAR_ARCH, "dim": 128, "bn_splits": bn_splits},
+           "moco": {"K": CIFAR_K, "m": 0.99, "T": 0.1, "aug": "cifar", "symmetric": loss == "symmetric"},
+           "train": {"epochs": epochs, "batch_size": batch_size, "lr": 0.06 * batch_size / 512, "schedule": "cosine",
+                     "weight_decay": 5e-4,
+                     "knn_features": "embedding", **_GPU}}
+    if mix:
+        run["mixture"] = mix
+    tag = "-unmix" if row == "unmix" else _tag(mix)
+    short = {"asymmetric": "asym", "symmetric": "sym"}[loss]
+    return f"{dataset}-moco-{short}{tag}-b{batch_size}-bn{bn_splits}-e{epochs}-k{CIFAR_K}", run
+
+
 def seed_replica(name, seed):
     """The name of a run's copy trained with seed `seed` (experiments.seeds): seed 0 keeps the run's own
     name, so results made before there were seeds stay valid; seed s > 0 adds `-s<s>`."""

@@ -29,7 +29,7 @@ from flatmix.claims import VERDICTS, claims_view
 from flatmix.layout import Detection, Flatness, Knn, Pretraining, Probe, preset_folder
 from flatmix.stats import mean_interval
 from flatmix.tables import Tables
-from flatmix.workflow_config import load_config
+from flatmix.workflow_config import get, load_config
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -129,13 +129,17 @@ def cell_view(cell, results):
 def seed_cells(cell):
     """A cell per seed of a cell: its result and pretraining run, for provenance entries."""
     for r in cell.replicas:
-        yield replace(cell, result=r, run=cell.run and (r.run if isinstance(r, Probe) else r.backbone), replicas=(r,))
+        yield replace(cell, result=r, run=cell.run and (r.backbone if isinstance(r, Detection) else r.run), replicas=(r,))
 
 
-def table_terms(rows):
-    """The TERMS a table's cells use, in TERMS' order: the table's note explains only those."""
+# A CIFAR preset's cells stand beside published numbers that are not the paper's
+CIFAR_TERMS = TERMS | {"–": "no published number at this budget"}
+
+
+def table_terms(rows, terms=TERMS):
+    """The `terms` a table's cells use, in their order: the table's note explains only those."""
     used = {t for r in rows for c in r["cells"] for t in c["terms"]}
-    return {term: meaning for term, meaning in TERMS.items() if term in used}
+    return {term: meaning for term, meaning in terms.items() if term in used}
 
 
 # ---- provenance -------------------------------------------------------------------------------------
@@ -290,6 +294,34 @@ def figure4(tables, results, path):
         _save(fig, path)
 
 
+def knn_figure(tables, results, path):
+    """A CIFAR preset's kNN monitor against epochs, a colour per row, and the published numbers within its
+    budget as stars of the row's colour."""
+    (table,) = tables.tables.values()
+    epochs = get(tables.e.config, "cifar.epochs")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 5.5), dpi=120, layout="constrained")
+        for i, (row, (label, cells)) in enumerate(zip(tables.cifar_cells, table.rows, strict=True)):
+            run = cells[0].run
+            points = [(r["epoch"] + 1, r["knn_top1"]) for r in results.lines(f"{Pretraining(run).folder}/metrics.jsonl")
+                      if r.get("knn_top1") is not None]
+            if points:
+                ax.plot(*zip(*points), color=f"C{i}", marker="o", markersize=3, label=label)
+            published = tables.cifar_published[row]
+            stars = [(ep, v) for ep, (v, _) in sorted(published.items()) if ep <= epochs]
+            if stars:
+                ax.plot(*zip(*stars), color=f"C{i}", marker="*", markersize=12, linestyle="none",
+                        label=f"{label}, published")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no kNN monitor result yet", ha="center", va="center", transform=ax.transAxes,
+                    color="0.5")
+        ax.set_xlabel("pretraining epoch")
+        ax.set_ylabel("kNN top-1 (%), the demo's monitor")
+        ax.grid(alpha=0.3)
+        _legend_below(fig, [ax])
+        _save(fig, path)
+
+
 def pretrain_curve(results, run):
     """{epoch: (mean loss, mean contrastive top-1)} of a pretraining run's metrics.jsonl (a line per
     logged step; epochs counted from 1)."""
@@ -433,7 +465,7 @@ def build_view(experiments, paper_tables, results, config_path, out):
     for table in paper_tables.tables.values():
         rows = [{"label": label, "cells": [cell_view(c, results) for c in row]} for label, row in table.rows]
         tables.append({"key": table.key, "title": table.title, "columns": table.columns, "rows": rows,
-                       "terms": table_terms(rows)})
+                       "notes": table.notes, "terms": table_terms(rows, CIFAR_TERMS if experiments.cifar else TERMS)})
     entries, seen = [], set()
     for cell in (one for c in paper_tables.cells() for one in seed_cells(c)):
         if results.made(cell) and cell.result not in seen:
@@ -446,6 +478,7 @@ def build_view(experiments, paper_tables, results, config_path, out):
     return {
         "preset": experiments.preset,
         "smoke": experiments.smoke,
+        "cifar": experiments.cifar,
         "standins": experiments.standins,
         "detection_standin": paper_tables.detection_standin,
         "smoke_runs": smoke_runs,
@@ -472,7 +505,13 @@ SMOKE_LOSS_NOTE = ("A smoke run's pretraining loss can rise from epoch 1 to 2, a
                    "encoders do this early, so they get harder as the encoders learn. What shows that the pipeline "
                    "learns is the linear probe's falling loss and its top-1 far above chance.")
 
-REPORT_FILES = ("report.md", "report.html", "figure4.png", "curves.png")  # and a figure5_file per made Figure 5
+REPORT_FILES = ("report.md", "report.html", "figure4.png", "knn.png", "curves.png")  # any report's
+
+
+def report_files(experiments):
+    """The files a preset's report writes (and a figure5_file per made Figure 5): Figure 4, or for a CIFAR
+    preset the kNN monitor's figure in its place."""
+    return tuple(f for f in REPORT_FILES if f != ("figure4.png" if experiments.cifar else "knn.png"))
 
 
 def folders(config_path, results_dir=None, out=None):
@@ -485,14 +524,15 @@ def folders(config_path, results_dir=None, out=None):
 
 
 def run(config_path, results_dir, out):
-    """Write REPORT_FILES and each made Figure 5's copy (figure5_file) into OUT; returns a summary."""
+    """Write report_files and each made Figure 5's copy (figure5_file) into OUT; returns a summary."""
     config = load_config(config_path)
     experiments = Experiments(config)
     tables = Tables(experiments)
     results = Results(results_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figure4(tables, results, out / "figure4.png")
+    figure = "knn.png" if experiments.cifar else "figure4.png"
+    (knn_figure if experiments.cifar else figure4)(tables, results, out / figure)
     view = build_view(experiments, tables, results, config_path, out)
     curves_figure(view["curves"], out / "curves.png")
     # each made Figure 5: copied beside report.md, embedded in the HTML
@@ -503,8 +543,8 @@ def run(config_path, results_dir, out):
         linked.append(dict(f, src=f["png"] and f["file"]))
         embedded.append(dict(f, src=f["png"] and _data_uri(f["png"])))
     atomic.write_text(out / "report.md", TEMPLATES.get_template("report.md.j2").render(
-        **dict(view, figure5=linked), figure4="figure4.png", curves_png="curves.png"))
+        **dict(view, figure5=linked), figure=figure, curves_png="curves.png"))
     atomic.write_text(out / "report.html", TEMPLATES.get_template("report.html.j2").render(
-        **dict(view, figure5=embedded), figure4=_data_uri(out / "figure4.png"),
+        **dict(view, figure5=embedded), figure=_data_uri(out / figure),
         curves_png=_data_uri(out / "curves.png")))
     return {"report": str(out / "report.html"), "cells_made": view["made"], "cells_pending": view["pending"]}

@@ -6,9 +6,9 @@ preset a cell of a run a smoke run stands in for reads the smoke run's result, m
 
 from dataclasses import dataclass, field
 
-from flatmix import paper
-from flatmix.experiments import DETECTION_PARTS, PRESET_PARTS
-from flatmix.layout import Detection, Probe
+from flatmix import cifar_anchors, paper
+from flatmix.experiments import CIFAR_PARTS, DETECTION_PARTS, PRESET_PARTS
+from flatmix.layout import Detection, Knn, Monitor, Probe
 from flatmix.workflow_config import get
 
 TABLES = tuple(part for part in PRESET_PARTS["paper"] if part.startswith("table"))
@@ -32,7 +32,7 @@ DETECTION_LAYOUT = {
 class Cell:
     """One number of a table: the results that hold it (one per seed of its run, seed 0's first), under
     which key, and the paper's value."""
-    result: Probe | Detection  # seed 0's, whose files the report links
+    result: Probe | Detection | Knn | Monitor  # seed 0's, whose files the report links
     metric: str
     paper: float | None
     run: str | None = None  # the pretraining run behind it (None: random init. or an outside checkpoint)
@@ -48,16 +48,27 @@ class Table:
     title: str
     columns: list
     rows: list = field(default_factory=list)  # [(label, [Cell | None])]; None is the paper's "–"
+    notes: list = field(default_factory=list)  # lines under the table (the CIFAR anchors at every budget)
+
+
+CIFAR_LABELS = {"asymmetric": "MoCo, asymmetric", "symmetric": "MoCo, symmetric", "global": "+ global",
+                "region": "+ region", "global+region": "+ global + region", "unmix": "+ Un-Mix"}
+CIFAR_COLUMNS = ["kNN top-1 (the demo's monitor)", "kNN top-1 (backbone)", "linear top-1"]
 
 
 class Tables:
     """Every table (`tables`, by key, in the paper's order) and Figure 4 (`figure4`: method -> series ->
-    [(epochs, Cell)]) of one Experiments."""
+    [(epochs, Cell)]) of one Experiments; for a CIFAR preset its one table instead, and no Figure 4."""
 
     def __init__(self, experiments):
         self.e = experiments
         self.detection_standin = None  # {row, run}: the transfer tables' row a smoke run stands in for
         self.detection_cells = {}      # (table, paper's backbone key, metric) -> Cell, for flatmix.claims
+        self.cifar_cells = {}          # row -> its kNN monitor Cell, for flatmix.claims
+        self.cifar_published = {}      # row -> {epochs: (published kNN top-1, source)}, for the kNN figure
+        if experiments.cifar:
+            self.tables, self.figure4 = {experiments.preset: self._cifar_table(experiments.preset)}, {}
+            return
         self.tables = {key: getattr(self, "_" + key)() for key in TABLES if key not in DETECTION_PARTS}
         self.tables |= {key: self._detection_table(key) for key in DETECTION_PARTS}
         self.figure4 = {method: {series: [(ep, self._probe(run, paper.FIGURE4[method][series].get(ep)))
@@ -143,6 +154,31 @@ class Tables:
             self.detection_cells |= {(key, paper_key, m): c for m, c in zip(metrics, cells, strict=True)}
         return Table(key, title, list(metrics.values()), rows)
 
+    def _cifar_table(self, part):
+        """A row per CIFAR run: its kNN monitor beside the published number at its budget, kNN on the final
+        backbone (`flatmix knn`) and the linear probe; the published numbers at every budget under it."""
+        c = get(self.e.config, "cifar")
+        rows, notes = [], []
+        for row, run in self.e.grids[part].items():
+            loss = row if row in ("asymmetric", "symmetric") else c["mixture_loss"]
+            key = cifar_anchors.anchor_key(row, loss)
+            knn, linear = cifar_anchors.KNN[part].get(key, {}), cifar_anchors.LINEAR.get(part, {}).get(key, {})
+            label = CIFAR_LABELS[row] + ("" if row == loss else f" ({loss})")
+            replicas = self.e.replicas(run)
+            cells = []
+            for result, metric, published in ((Monitor, "knn_top1", knn), (Knn, "top1", {}), (Probe, "top1", linear)):
+                value, source = published.get(c["epochs"], (None, None))
+                cells.append(Cell(result(run), metric, value, run, digits=2 if source == cifar_anchors.UNMIX else 1,
+                                  replicas=tuple(map(result, replicas))))
+            rows.append((label, cells))
+            self.cifar_cells[row], self.cifar_published[row] = cells[0], knn
+            if knn:
+                notes.append(f"{label}: " + ", ".join(f"{v} at {ep} epochs ({source})"
+                                                       for ep, (v, source) in sorted(knn.items())))
+        name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[part]
+        return Table(part, f"{name}: MoCo with the MoCo CIFAR demo's recipe, {c['epochs']} epochs (top-1 %)",
+                     CIFAR_COLUMNS, rows, ["Published kNN top-1 (the demo's monitor):", *notes])
+
     def cell(self, address):
         """The cell at an address of flatmix.paper.CLAIMS, or None where this config has no such run:
         (part, key, ...) walks a probe part's grid (e.g. ("table5", "moco", "G+R"), ("figure4", "cmc",
@@ -150,6 +186,8 @@ class Tables:
         part, *keys = address
         if part in DETECTION_PARTS:
             return self.detection_cells.get(tuple(address))
+        if part in CIFAR_PARTS:
+            return self.cifar_cells.get(keys[0])
         run, published = self.e.grids[part], PUBLISHED[part]
         for key in keys:
             if not isinstance(run, dict) or key not in run:

@@ -19,6 +19,7 @@ from flatmix import atomic, launch, layout
 from flatmix.experiments import Experiments
 from flatmix.launch import launcher
 from flatmix.layout import Detection, Flatness, Knn, Pretraining, Probe
+from flatmix.presets import CIFAR_ARCH
 
 RESULTS = layout.preset_folder(config)
 DATA = layout.data_folder(config)
@@ -46,7 +47,8 @@ def container_binds():
     """The folders every rule's container needs beside the working directory: the data roots and the
     outside checkpoints' folders. Apptainer splits a --bind at ',' and ':' (src:dst:options) and no
     quoting escapes them, so such a path is refused here rather than bound wrongly."""
-    roots = {f"data.{k}": config["data"][k] for k in ("imagenet", "voc", "coco") if config["data"][k]}
+    roots = {f"data.{k}": config["data"][k] for k in ("imagenet", "voc", "coco", "cifar10", "cifar100")
+             if config["data"][k]}
     roots |= {f"transfer.checkpoints.{name}": str(Path(path).resolve().parent)
               for name, path in (config["transfer"]["checkpoints"] or {}).items()}
     for key, root in roots.items():
@@ -180,9 +182,12 @@ def backbone_checkpoint(name):
 
 def converted(run):
     """The conversions a run gets: MoCo's backbone for each target, CMC's two halves for torchvision
-    (mmdetection and detectron2 take RGB input)."""
+    (mmdetection and detectron2 take RGB input), the CIFAR ResNet-18 for torchvision (the detectors'
+    ResNets are Bottleneck ResNet-50s and deeper)."""
     if PRETRAIN_RUNS[run]["method"] == "cmc":
         return [results(f"convert/{run}/{part}-torchvision.pth") for part in ("l", "ab")]
+    if PRETRAIN_RUNS[run]["model"]["arch"] == CIFAR_ARCH:
+        return [results(f"convert/{run}/backbone-torchvision.pth")]
     return [results(f"convert/{run}/backbone-{t}") for t in ("torchvision.pth", "mmdet.pth", "detectron2.pkl")]
 
 

@@ -57,3 +57,22 @@ rule prepare_detection:
         f"{DATA}/logs/{{prepared}}.log",
     shell:
         "flatmix prepare {params.dataset:q} --root {params.root:q} --out {params.out:q} 2> {log:q}"
+
+
+rule prepare_cifar:
+    """CIFAR-10 or CIFAR-100 from its binary version (checked against its MD5 when given as the .tar.gz),
+    as PNG class folders; the real root only (no synthetic stand-in)."""
+    output:
+        f"{DATA}/{{prepared}}/manifest.json",
+    wildcard_constraints:
+        prepared=one_of([prepared_name(d) for d in ("cifar10", "cifar100")]),
+    params:
+        dataset=lambda wildcards: Path(wildcards.prepared).name,
+        root=lambda wildcards: config["data"][Path(wildcards.prepared).name],
+        out=lambda wildcards, output: Path(output[0]).parent,
+    resources:
+        **job_resources("prepare_cifar"),
+    log:
+        f"{DATA}/logs/{{prepared}}.log",
+    shell:
+        "flatmix prepare {params.dataset:q} --root {params.root:q} --out {params.out:q} 2> {log:q}"

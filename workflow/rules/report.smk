@@ -29,7 +29,8 @@ rule report:
     output:
         markdown=report(results("report/report.md"), caption="../report/report.rst", category="Report"),
         html=report(results("report/report.html"), caption="../report/report.rst", category="Report"),
-        figure4=report(results("report/figure4.png"), caption="../report/figure4.rst", category="Figures"),
+        figure=report(results(f"report/{'knn' if EXPERIMENTS.cifar else 'figure4'}.png"),
+                      caption=f"../report/{'knn' if EXPERIMENTS.cifar else 'figure4'}.rst", category="Figures"),
         curves=report(results("report/curves.png"), caption="../report/curves.rst", category="Figures"),
         figure5=[results(f"report/figure5-{figure}.png") for figure in EXPERIMENTS.flatness],
     params:

@@ -52,6 +52,7 @@ BINARIES = {
                        ("cifar-100-python", "cifar-100-python.tar.gz")),
 }
 COARSE_CLASSES = 20  # CIFAR-100's first label byte
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # each data set's, as published (the plan's sizes before any prepare)
 PREPARED_ENTRIES = ("train", "val", "manifest.json", ".staging")
 
 
