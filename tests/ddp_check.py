@@ -38,7 +38,7 @@ def check_moco(env):
         im_q, im_k = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
         ptr = int(model.queue_ptr)
         keys.clear()
-        loss = info_nce(net(im_q, im_k))
+        loss = info_nce(net(im_q, im_k)[0][0])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -194,6 +194,8 @@ def test_a_multi_node_run_inside_the_image_is_refused(tmp_path):
     # outside checkpoints need no ImageNet, but transfer's own backbones are ImageNet-1K runs
     ("transfer", {"voc": "/data/VOCdevkit", "coco": "/data/coco", "outside": "/ckpt/r50.pth"}, "data.imagenet is null"),
     ("paper", {"imagenet": "/data/imagenet", "coco": "/data/coco"}, "data.voc is null"),
+    ("cifar10", {"imagenet": "/data/imagenet", "cifar100": "/data/cifar-100-binary"}, "data.cifar10 is null"),
+    ("cifar100", {}, "data.cifar100 is null"),
 ])
 def test_a_paper_preset_refuses_a_null_data_root(tmp_path, preset, roots, missing):
     """A null root makes the synthetic set: a paper-scale preset is refused before any job, naming the key

@@ -25,7 +25,8 @@ RESULTS = layout.preset_folder(config)
 DATA = layout.data_folder(config)
 SYNTH = f"{DATA}/synth"
 # A root's usual folder name, for the error that asks for it.
-ROOT_EXAMPLES = {"imagenet": "ILSVRC", "voc": "VOCdevkit", "coco": "coco"}
+ROOT_EXAMPLES = {"imagenet": "ILSVRC", "voc": "VOCdevkit", "coco": "coco", "cifar10": "cifar-10-batches-bin",
+                 "cifar100": "cifar-100-binary"}
 
 try:
     EXPERIMENTS = Experiments(config)
