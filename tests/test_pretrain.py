@@ -125,6 +125,20 @@ def test_changed_config_is_refused_on_resume(synth_root, uninterrupted):
     assert_one_line_error(result, "train.lr")
 
 
+def test_a_key_added_since_a_run_began_counts_as_its_default():
+    """An upgraded flatmix continues a run whose last.pth predates a key (model.bn_splits, moco.symmetric):
+    the key at its default is no difference, at another value it is."""
+    import copy
+    from flatmix.presets import DEFAULTS
+    from flatmix.pretrain import _config_difference
+    saved = copy.deepcopy(DEFAULTS)
+    del saved["model"]["bn_splits"], saved["moco"]["symmetric"]
+    cfg = copy.deepcopy(DEFAULTS)
+    assert _config_difference(saved, cfg) == []
+    cfg["model"]["bn_splits"] = 2
+    assert _config_difference(saved, cfg) == ["model.bn_splits"]
+
+
 @pytest.mark.parametrize("preset,sets", [("smoke-moco", ["moco.aug=v2"]), ("smoke-cmc", [])])
 def test_loss_falls_over_a_few_epochs(synth_root, tmp_path, preset, sets):
     """CMC's loss falls from the start. MoCo's first rises while its random initial queue (easy

@@ -16,8 +16,9 @@ RENDEZVOUS_PORT = 29400  # torchrun's own default for c10d; docs/pages/cluster.m
 
 def run_shape(experiments, run, spec):
     """(GPUs per node, nodes) of a pretraining run (`spec`, its settings): config
-    `experiments.DATASET.gpus/nodes`, or for the smoke and CIFAR runs `smoke.pretrain`, `cifar.pretrain`. Refused when the processes do
-    not divide the run's global batch, before any job is submitted."""
+    `experiments.DATASET.gpus/nodes`, or for the smoke and CIFAR runs `smoke.pretrain`, `cifar.pretrain`
+    (Experiments.shape_setting). Refused when the processes do not divide the run's global batch, before
+    any job is submitted."""
     key, shape = experiments.shape_setting(run)
     gpus, nodes = shape["gpus"], shape["nodes"]
     batch = spec["train"]["batch_size"]

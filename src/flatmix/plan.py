@@ -5,8 +5,9 @@ run counted once; or each pretraining run's command, as the workflow runs it (fl
 GPU-hours follow from per-GPU rates, each measured where RATES says (bf16 + channels_last, mixtures on,
 data already on the GPU: the loader must keep up, see `flatmix bench pretrain`) and, for detection,
 mmdetection's model-zoo times on V100s; the CIFAR presets' from the MoCo CIFAR demo's V100 log (fp32:
-bf16 on a newer GPU is faster, so these hours are an upper bound there). All are hours on one GPU. Every rate is a flag; the data set sizes are the real ones
-(flatmix.paper), or the embedded set's for the smoke preset.
+bf16 on a newer GPU is faster, so these hours are an upper bound there). All are hours on one GPU.
+Every rate is a flag; the data set sizes are the real ones (flatmix.paper, flatmix.data.cifar), or the
+embedded set's for the smoke preset.
 """
 
 from flatmix import paper

@@ -181,7 +181,10 @@ def cifar_run(dataset, row, epochs, batch_size, bn_splits, mixture_loss, mixture
            "moco": {"K": CIFAR_K, "m": 0.99, "T": 0.1, "aug": "cifar", "symmetric": loss == "symmetric"},
            "train": {"epochs": epochs, "batch_size": batch_size, "lr": 0.06 * batch_size / 512, "schedule": "cosine",
                      "weight_decay": 5e-4,
-                     "knn_features": "embedding", **_GPU}}
+                     "knn_features": "embedding", "precision": "bf16",
+                     # SplitBatchNorm regroups the batch into a tensor no channels_last layout can view: each BN
+                     # would copy to and from it
+                     "channels_last": bn_splits == 1}}
     if mix:
         run["mixture"] = mix
     tag = "-unmix" if row == "unmix" else _tag(mix)

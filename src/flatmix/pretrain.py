@@ -36,7 +36,7 @@ from flatmix.models.cmc import CMC, cmc_loss
 from flatmix.models.moco import MoCo, info_nce
 from flatmix.models.resnet import ARCHS
 from flatmix.preemption import PREEMPTED_EXIT, StopFlag
-from flatmix.presets import SCHEMA
+from flatmix.presets import DEFAULTS, SCHEMA
 from flatmix.progress import Progress, Window
 from flatmix.runconfig import flatten
 
@@ -194,7 +194,9 @@ def _set_rng_state(state, mixer):
 
 
 def _config_difference(saved, cfg):
-    a, b = flatten(saved), flatten(cfg)
+    """The keys whose values differ, a key added to DEFAULTS since `saved` was written counting as its
+    default (so that an upgraded flatmix continues an earlier run)."""
+    a, b = {**flatten(DEFAULTS), **flatten(saved)}, flatten(cfg)
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in WATCHING)
 
 
@@ -294,8 +296,8 @@ def _train(cfg, out, env, force, signalled):
     if t["batch_size"] % env.world:
         raise FlatmixError(f"train.batch_size {t['batch_size']} is not divisible by {env.world} processes")
     if (t["batch_size"] // env.world) % cfg["model"]["bn_splits"]:
-        raise FlatmixError(f"model.bn_splits {cfg['model']['bn_splits']} does not divide the {t['batch_size'] // env.world} "
-                           f"images of each process's batch")
+        raise FlatmixError(f"model.bn_splits {cfg['model']['bn_splits']} does not divide the "
+                           f"{t['batch_size'] // env.world} images of each process's batch")
     root = Path(cfg["data"]["root"]) / "train"
     if not root.is_dir():
         raise FlatmixError(f"data.root: {root} is not a folder of class folders")

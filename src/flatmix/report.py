@@ -129,7 +129,8 @@ def cell_view(cell, results):
 def seed_cells(cell):
     """A cell per seed of a cell: its result and pretraining run, for provenance entries."""
     for r in cell.replicas:
-        yield replace(cell, result=r, run=cell.run and (r.backbone if isinstance(r, Detection) else r.run), replicas=(r,))
+        run = r.backbone if isinstance(r, Detection) else r.run
+        yield replace(cell, result=r, run=cell.run and run, replicas=(r,))
 
 
 # A CIFAR preset's cells stand beside published numbers that are not the paper's
@@ -306,11 +307,11 @@ def knn_figure(tables, results, path):
             points = [(r["epoch"] + 1, r["knn_top1"]) for r in results.lines(f"{Pretraining(run).folder}/metrics.jsonl")
                       if r.get("knn_top1") is not None]
             if points:
-                ax.plot(*zip(*points), color=f"C{i}", marker="o", markersize=3, label=label)
+                ax.plot(*zip(*points, strict=True), color=f"C{i}", marker="o", markersize=3, label=label)
             published = tables.cifar_published[row]
             stars = [(ep, v) for ep, (v, _) in sorted(published.items()) if ep <= epochs]
             if stars:
-                ax.plot(*zip(*stars), color=f"C{i}", marker="*", markersize=12, linestyle="none",
+                ax.plot(*zip(*stars, strict=True), color=f"C{i}", marker="*", markersize=12, linestyle="none",
                         label=f"{label}, published")
         if not ax.lines:
             ax.text(0.5, 0.5, "no kNN monitor result yet", ha="center", va="center", transform=ax.transAxes,
