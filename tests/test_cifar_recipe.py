@@ -99,6 +99,26 @@ def test_cifar_claims_are_judged_over_seeds_beside_the_published_numbers(tmp_pat
     assert "**not run**" in rows["CIFAR-10: global mixtures improve MoCo (symmetric loss)"]
 
 
+def test_cifar100_at_un_mixs_budget_sits_beside_its_readme(tmp_path):
+    """At 1000 epochs with the asymmetric loss for the mixture rows, CIFAR-100's cells stand beside Un-Mix's
+    README (two decimals), and Un-Mix's claim carries its published difference."""
+    config = _cifar_config(tmp_path, tmp_path / "cifar-100-binary", epochs=1000, mixture_loss="asymmetric",
+                           runs=["asymmetric", "unmix"])
+    text = yaml.safe_load(config.read_text())
+    text["preset"], text["data"]["cifar100"] = "cifar100", text["data"].pop("cifar10")
+    text["data"]["cifar10"] = None
+    config.write_text(yaml.safe_dump(text))
+    for tag, top1 in (("asym", 63.0), ("asym-unmix", 66.5)):
+        _summary(tmp_path / "results" / "cifar100" / "pretrain" / f"cifar100-moco-{tag}-b512-bn8-e1000-k4096", top1)
+    out = tmp_path / "report"
+    result = run_flatmix("report", "--config", config, "--results", tmp_path / "results" / "cifar100", "--out", out)
+    assert result.returncode == 0, result.stderr
+    markdown = (out / "report.md").read_text()
+    assert "## CIFAR-100: MoCo with the MoCo CIFAR demo's recipe, 1000 epochs" in markdown
+    assert "63.00 n=1 (63.64, -0.64)" in markdown and "66.50 n=1 (67.33, -0.83)" in markdown
+    assert "| CIFAR-100: Un-Mix improves MoCo (asymmetric loss) | Un-Mix README | +3.69 | +3.50 |" in markdown
+
+
 def test_plan_gives_one_gpus_hours_by_the_demos_rates():
     """The symmetric loss costs two asymmetric steps and Un-Mix one more query; the total is said as hours on
     one GPU."""

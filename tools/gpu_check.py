@@ -26,6 +26,7 @@ import json
 import os
 from pathlib import Path
 import re
+import shlex
 import shutil
 import signal
 import site
@@ -246,6 +247,10 @@ class Sizes:
     arch_small: str = ""            # "" keeps each preset's ResNet-50
     linear_epochs: int = 2
     linear_batch: int = 256
+    cifar_train: int = 10240        # random CIFAR-10 records: 20 steps of the recipe's batch 512
+    cifar_val: int = 2000
+    cifar_batch: int = 512
+    cifar_workers: int = 12         # the pil loader's, alone on the machine (16 cores) so the GPU sets the pace
     det_scale: str = "paper"
     # `flatmix bench pretrain` arguments; a real loader's steps and warmup are its steady-state least, which
     # costs about 42 x batch / (pairs/s of one worker) seconds a row whatever the workers (bench.STEADY_STEPS):
@@ -275,6 +280,7 @@ TINY_SKIPS = {"pretrain-moco-region": _SAME_CODE.format("pretrain-moco-global an
 
 TINY = Sizes(train_images=100, val_images=100, synth_size=32, det_images=2, image_size=32, batch=16, K=64,
              log_every=1, workers=0, precision="fp32", arch_small="resnet_tiny", linear_epochs=1, linear_batch=32,
+             cifar_train=40, cifar_val=10, cifar_batch=16, cifar_workers=0,
              det_scale="smoke",
              bench=["--arch", "resnet_tiny", "--batch-size", "8", "--image-size", "32", "--precision", "fp32",
                     "-K", "64", "--steps", "2", "--warmup", "1", "--workers", "0"], bench_extra={}, skip=TINY_SKIPS)
@@ -635,6 +641,46 @@ def bench_stage(loader, compiled, method="moco"):
     return stage
 
 
+CIFAR_IMAGES = 50_000  # CIFAR's training set, to project an epoch from the measured rate
+
+
+def _cifar_binary(folder, train, val):
+    """CIFAR-10's binary layout with random records (labels cycling through the 10 classes): the 5
+    training files share `train` records, test_batch.bin holds `val`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{c}" for c in range(10)) + "\n")
+    files = [(f"data_batch_{i}.bin", range(i - 1, train, 5)) for i in range(1, 6)] + [("test_batch.bin", range(val))]
+    for name, records in files:
+        (folder / name).write_bytes(b"".join(bytes([r % 10]) + os.urandom(3 * 32 * 32) for r in records))
+
+
+def stage_cifar(run):
+    """The CIFAR recipe on this device: random CIFAR-10 records through `prepare cifar10`, then one epoch of
+    preset cifar10's symmetric row exactly as `flatmix plan --commands` gives it (ResNet-18, SplitBatchNorm,
+    the pil loader, its kNN monitor): the rate flatmix.plan's V100 figures stand in for until measured."""
+    s, w = run.sizes, run.work
+    _cifar_binary(w / "cifar-10-batches-bin", s.cifar_train, s.cifar_val)
+    config = w / "cifar.yaml"  # JSON is YAML
+    config.write_text(json.dumps({"preset": "cifar10", "results": str(w / "results"),
+                                  "data": {"cifar10": str(w / "cifar-10-batches-bin")},
+                                  "cifar": {"epochs": 1, "batch_size": s.cifar_batch, "runs": ["symmetric"],
+                                            "pretrain": {"gpus": 1, "nodes": 1, "workers": s.cifar_workers,
+                                                         "knn_every": 1}}}))
+    run.sh("cifar", run.flatmix("prepare", "cifar10", "--root", w / "cifar-10-batches-bin",
+                                "--out", w / "results" / "data" / "prepared" / "cifar10"))
+    line = run.sh("cifar", run.flatmix("plan", "--config", REPO / "config.yaml", "--config", config, "--commands"))
+    command = shlex.split(line.splitlines()[0], comments=True)  # flatmix pretrain --set ... --out ...
+    summary = _last_json(run.sh("cifar", run.flatmix(*command[1:])))
+    out = Path(command[command.index("--out") + 1])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best = max((r for r in records if "pairs_per_s" in r), key=lambda r: r["pairs_per_s"])
+    pairs = best["pairs_per_s"]
+    return (f"symmetric ResNet-18 CIFAR at batch {s.cifar_batch}, {s.cifar_workers} pil workers: up to {pairs:,.0f} "
+            f"pairs/s (data-wait {best['data_wait']:.0%}), a 50,000-image epoch "
+            f"in {CIFAR_IMAGES / pairs:.1f} s (--cifar-pairs-per-s {2 * pairs:,.0f}: the plan's is asymmetric; the "
+            f"demo's V100 about 20 s an asymmetric epoch), kNN top-1 {summary['knn_top1']:.1f}%")
+
+
 @dataclass
 class Phase:
     """Stages run together (side by side, or one by one when `alone`: the benchmarks), after the phases
@@ -660,8 +706,8 @@ PHASES = [
     Phase([*[detect_stage(task, bn) for task in ("voc-faster-rcnn", "coco-retinanet", "coco-mask-rcnn")
              for bn in ("train", "frozen")], stage_detect_syncbn],
           {"*": ["mmcv", "pretrain-moco-global", "data-detection"]}),
-    Phase([bench_stage("pil", False), bench_stage("gpu", False), bench_stage("gpu", True)],
-          {"*": ["data-imagenet"]}, alone=True, after_background=True),
+    Phase([bench_stage("pil", False), bench_stage("gpu", False), bench_stage("gpu", True), stage_cifar],
+          {"bench-*": ["data-imagenet"]}, alone=True, after_background=True),
 ]
 
 
