@@ -247,15 +247,21 @@ def test_unknown_loader_is_refused(synth_root, tmp_path):
 def test_bench_times_the_loader_and_the_step_in_steady_state(jpegs, loader, ahead):
     """By default a real loader's rows skip its made-ahead batches (1 worker x 2, and for the gpu loader its
     thread's queue of 2 and the batch in hand; at least 5) and time 20x as many; each row says so, with its
-    data wait."""
+    data wait. The gpu loader's parts row times its workers alone, then its device parts."""
     result = run_flatmix("bench", "pretrain", "--device", "cpu", "--arch", "resnet_tiny", "--batch-size", "4",
                          "--image-size", "32", "-K", "64", "--loader", loader, "--data", jpegs, "--workers", "1",
                          "--precision", "fp32")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(r["stage"], r["mixture"]) for r in lines] == [("loader", False), ("train", False), ("train", True),
-                                                           ("mixer", True)]
+    parts = [("loader_parts", False)] if loader == "gpu" else []
+    assert [(r["stage"], r["mixture"]) for r in lines] == [("loader", False), *parts, ("train", False),
+                                                           ("train", True), ("mixer", True)]
     assert lines[-1]["mixer_calls"] == min(20 * ahead, 20) and 0 < lines[-1]["step_share"]
+    if parts:  # the workers alone, and the device's parts of the last 20 batches of 4 pairs
+        p = lines.pop(1)
+        assert p["part_calls"] == 20 and p["workers_pairs_per_s"] == pytest.approx(4 / p["workers_s_median"], rel=1e-3)
+        assert all(p[f"{part}_s_median"] > 0 for part in ("workers", "decode", "resize", "colour"))
+        assert max(p["decode_s_median"], p["resize_s_median"], p["colour_s_median"]) <= p["device_s_median"]
     lines = lines[:-1]
     for r in lines:
         assert r["loader"] == loader and r["device"] == "cpu" and r["pairs_per_s"] > 0

@@ -626,15 +626,23 @@ def bench_stage(loader, compiled, method="moco"):
         beside = " (beside mmcv's build)" if run.background_running() else ""
         lines = _json_lines(run.sh(name, run.flatmix(*args, *(["--compile"] if compiled else []),
                                                      torchrun=loader == "synthetic")))
-        steps = [r for r in lines if r["stage"] != "mixer"]
+        steps = [r for r in lines if r["stage"] in ("loader", "train")]
         mixer = [r for r in lines if r["stage"] == "mixer"]
+        parts = [r for r in lines if r["stage"] == "loader_parts"]
         if not steps or not all(r["pairs_per_s"] > 0 for r in steps) or len(mixer) != 1:
             raise StageFailed("no pairs/s measured, or no mixer row")
+        if len(parts) != (loader == "gpu"):
+            raise StageFailed(f"{len(parts)} loader_parts rows from the {loader} loader")
         label = {("loader", False): "loader", ("train", False): "step", ("train", True): "step+mix"}
         rows = ", ".join(f"{label[r['stage'], r['mixture']]} {r['pairs_per_s']:,.0f} (data-wait {r['data_wait']:.0%})"
                          for r in steps)
         first, mixer = steps[0], mixer[0]
-        return f"{rows} pairs/s; the mixer {mixer['step_share']:.1%} of the mixed step " \
+        for p in parts:  # where the gpu loader's time goes: its workers against its device parts
+            rows += (f"; its parts per batch: workers {p['workers_s_median'] * 1e3:.1f} ms "
+                     f"({p['workers_pairs_per_s']:,.0f} pairs/s), on the device decode {p['decode_s_median'] * 1e3:.1f}"
+                     f" + resize {p['resize_s_median'] * 1e3:.1f} + colour {p['colour_s_median'] * 1e3:.1f} ms "
+                     f"({p['device_pairs_per_s']:,.0f} pairs/s)")
+        return f"{rows}; the mixer {mixer['step_share']:.1%} of the mixed step " \
                f"({mixer['ratio_to_copy']:.1f}x a copy); batch {first['batch_size']}, {first['workers']} workers, " \
                f"{first['steps']} steps after {first['warmup']}{beside}"
     stage.__name__ = name

@@ -1,8 +1,9 @@
 """Throughput benchmarks. `flatmix bench pretrain` times the real training step (pretrain.training_step)
 with and without the paper's mixtures (Table 5's, as the workflow config sets them), fed by synthetic
 tensors already on the device or by a real loader (pil or gpu) from JPEG files, and prints one JSON line
-per configuration; with a real loader it first times the loader alone, and after the mixed step it times
-the Mixer alone on the step's views (its share of the step). `flatmix bench mixer` times the Mixer alone,
+per configuration; with a real loader it first times the loader alone (the gpu loader also part by part:
+its workers, then the decode, resize and colour ops on the device), and after the mixed step it times the
+Mixer alone on the step's views (its share of the step). `flatmix bench mixer` times the Mixer alone,
 against a copy of the views, in seconds on a CPU. `flatmix bench jpegs` writes ImageNet-like JPEGs to run
 it on.
 
@@ -21,6 +22,7 @@ compute in bf16).
 Under torchrun it runs on every process (DDP) and reports the global pairs/s.
 """
 
+from collections import deque
 from itertools import count
 import json
 from multiprocessing import Pool
@@ -50,7 +52,7 @@ LOADERS = ("synthetic", *DATA_LOADERS)
 # ImageNet's most common image shapes (width, height). At quality 90 the files come out near 78 KB, like
 # the ~75 KB JPEGs behind the loader measurements in the design notes.
 JPEG_SHAPES = ((500, 375), (375, 500), (500, 333), (333, 500), (500, 500), (500, 400))
-MIXER_CALLS = 20  # at most this many timed Mixer calls in bench pretrain's mixer row
+ALONE_CALLS = 20  # at most this many timed calls of a part timed alone: the Mixer, the gpu loader's device parts
 STEADY_STEPS = 20  # timed batches per batch made ahead: the loader's head start is under 5% of them
 
 
@@ -59,9 +61,10 @@ def _synchronise(device):
         torch.cuda.synchronize(device)
 
 
-def _forever(batches):
+def _forever(epoch_batches):
+    """Batches of epoch after epoch: `epoch_batches(epoch)` is PretrainBatches.epoch or .worker_batches."""
     for epoch in count():
-        yield from batches.epoch(epoch)
+        yield from epoch_batches(epoch)
 
 
 def _step_times(env, stream, steps, warmup, step=None):
@@ -118,21 +121,58 @@ def _call_times(call, steps, warmup, device):
         call()
     times = []
     for _ in range(steps):
-        _synchronise(device)
-        start = time.perf_counter()
-        call()
-        _synchronise(device)
-        times.append(time.perf_counter() - start)
+        _timed(times, device, call)
     return times
+
+
+def _timed(times, device, call, *args):
+    """call(*args), its seconds (the device synchronised around it) appended to `times`."""
+    _synchronise(device)
+    start = time.perf_counter()
+    out = call(*args)
+    _synchronise(device)
+    times.append(time.perf_counter() - start)
+    return out
+
+
+def _median(times):
+    """The median seconds to 4 significant figures (a copy can take microseconds)."""
+    return float(f"{float(np.median(times)):.4g}")
+
+
+def gpu_loader_parts(batches, steps, warmup, batch_size, device):
+    """The gpu loader's parts, each timed alone: its workers (the wait for their next batch with nothing
+    else running: the files read and the parameters drawn), then, on the device, the decode, the crops'
+    resize and the colour ops of the last ALONE_CALLS of their batches. Beside the step's time they say
+    what holds the loader back: the workers (CPU), or the device time its parts take from the step's."""
+    stream = _forever(batches.worker_batches)
+    for _ in range(warmup):
+        next(stream)
+    waits, held = [], deque(maxlen=ALONE_CALLS)
+    for _ in range(steps):
+        held.append(_timed(waits, torch.device("cpu"), next, stream))
+    stream.close()  # its workers stop: nothing runs beside the device parts
+    parts = {"decode": [], "resize": [], "colour": []}
+    batches.recipe(batches.decoded(held[0]), held[0][2])  # once untimed: the decoder's and kernels' start-up
+    for batch in held:
+        params = batch[2]
+        images = _timed(parts["decode"], device, batches.decoded, batch)
+        x = _timed(parts["resize"], device, batches.recipe.resize, images, params)
+        _timed(parts["colour"], device, batches.recipe.colour, x, params)
+    device_s = _median([sum(times) for times in zip(*parts.values(), strict=True)])
+    workers_s = _median(waits)
+    return {"workers_s_median": workers_s, "workers_pairs_per_s": round(batch_size / workers_s, 1),
+            **{f"{part}_s_median": _median(times) for part, times in parts.items()},
+            "device_s_median": device_s, "device_pairs_per_s": round(batch_size / device_s, 1),
+            "part_calls": len(held)}
 
 
 def mixer_rates(mixer, views, steps, warmup):
     """The Mixer's median seconds on `views` (a fresh draw each call) beside a plain copy of them."""
     device = views[0].device
-    mix = float(np.median(_call_times(lambda: mixer(views), steps, warmup, device)))
-    copy = float(np.median(_call_times(lambda: [v.clone() for v in views], steps, warmup, device)))
-    return {"mixer_s_median": float(f"{mix:.4g}"), "copy_s_median": float(f"{copy:.4g}"),  # a copy can take µs
-            "ratio_to_copy": round(mix / copy, 2)}
+    mix = _median(_call_times(lambda: mixer(views), steps, warmup, device))
+    copy = _median(_call_times(lambda: [v.clone() for v in views], steps, warmup, device))
+    return {"mixer_s_median": mix, "copy_s_median": copy, "ratio_to_copy": round(mix / copy, 2)}
 
 
 def bench_mixer(mixture, method="moco", batch_size=64, image_size=224, steps=20, warmup=3, precision="fp32",
@@ -195,9 +235,13 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
                   "batches_ahead": ahead, "warmup": warmup, "steps": steps}
         if loader != "synthetic":
             batches = pretrain_batches(resolve(DEFAULTS, PRESETS, sets=sets), env, Path(data) / "train")
-            timed = _step_times(env, _forever(batches), steps, warmup)
+            timed = _step_times(env, _forever(batches.epoch), steps, warmup)
             if env.main:
                 yield {**common, "stage": "loader", "mixture": False, **_rates(timed, batch_size)}
+            if loader == "gpu":
+                parts = gpu_loader_parts(batches, steps, warmup, batch_size, env.device)
+                if env.main:
+                    yield {**common, "stage": "loader_parts", "mixture": False, **parts}
         for mixed in (False, True):
             mix = [f"mixture.{key}={value}" for key, value in flatten(mixture).items()] if mixed else []
             cfg = resolve(DEFAULTS, PRESETS, sets=sets + mix)
@@ -210,7 +254,7 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
                 stream = iter(lambda: (*views, index), None)
             else:
                 batches = pretrain_batches(cfg, env, Path(data) / "train")
-                n_data, stream = len(batches), _forever(batches)
+                n_data, stream = len(batches), _forever(batches.epoch)
             model, optimizer, mixer = build_training(cfg, env, n_data=n_data)
             net = env.wrap(model)
             model.train()
@@ -221,8 +265,8 @@ def bench_pretrain(mixture, method="moco", arch="resnet50", batch_size=256, imag
                 yield {**common, "stage": "train", "mixture": mixed, "mixture_spec": cfg["mixture"], **rates}
             if mixed:
                 *views, _ = next(stream)
-                calls = min(steps, MIXER_CALLS)  # the Mixer has no queue to drain: a real loader's steps are many
-                alone = mixer_rates(mixer, list(views), calls, min(warmup, MIXER_CALLS))
+                calls = min(steps, ALONE_CALLS)  # the Mixer has no queue to drain: a real loader's steps are many
+                alone = mixer_rates(mixer, list(views), calls, min(warmup, ALONE_CALLS))
                 if env.main:
                     yield {**common, "stage": "mixer", "mixture": True, "mixture_spec": cfg["mixture"], **alone,
                            "mixer_calls": calls,

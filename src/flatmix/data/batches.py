@@ -76,12 +76,17 @@ class PretrainBatches:
         of the training step included), each counted once however often it is drawn."""
         return self.dataset.files.count()
 
-    def epoch(self, epoch, start_step=0):
-        """This rank's batches of `epoch` from `start_step` on."""
+    def worker_batches(self, epoch, start_step=0):
+        """The loader workers' batches of `epoch` from `start_step` on, as they hand them over: the gpu
+        loader's still encoded, for `decoded` and `recipe` to finish."""
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, start_step)
         with preemption.blocked():  # the workers start, each then ignoring a stop signal
-            batches = iter(self.loader)
+            return iter(self.loader)
+
+    def epoch(self, epoch, start_step=0):
+        """This rank's batches of `epoch` from `start_step` on."""
+        batches = self.worker_batches(epoch, start_step)
         if self.recipe is None:
             return ((*(v.to(self.device, non_blocking=True) for v in views), index.to(self.device))
                     for *views, index in batches)
@@ -90,10 +95,14 @@ class PretrainBatches:
         return _Prefetcher(batches, self._augment, self.device)
 
     def _augment(self, batch):
-        payloads, encoded, params, index = batch
-        images = decode(payloads, encoded, self.device, partial(self._undecodable, index))
-        views = self.recipe(images, params)
+        *_, params, index = batch
+        views = self.recipe(self.decoded(batch), params)
         return (*views, index.to(self.device, non_blocking=True))
+
+    def decoded(self, batch):
+        """A gpu-loader worker batch's images, decoded on the device."""
+        payloads, encoded, _, index = batch
+        return decode(payloads, encoded, self.device, partial(self._undecodable, index))
 
     def _undecodable(self, index, i, error):
         """decode's report of sample i's JPEG, which no decoder reads: flagged and counted."""
