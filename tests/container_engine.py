@@ -7,7 +7,8 @@ to every podman call, the SLURM jobs' included). `flatmix_image()` builds the im
 tagged with a hash of what the build reads, so an unchanged image is reused. The build reaches the package
 registries the way this machine does (host network, this machine's pip configuration and CA bundle mounted
 read-only) and shares this machine's pip cache and mmcv wheel cache through build volumes, so mmcv is not
-compiled again. Where podman cannot run, `start()` raises EngineUnavailable with the reason and the tests skip.
+compiled again. Where podman cannot run, `start()` raises EngineUnavailable with the reason and the tests skip;
+where it runs but the Dockerfile does not build, `flatmix_image()` raises ImageBuildFailed and they fail.
 """
 
 import hashlib
@@ -38,13 +39,17 @@ BUILD_INPUTS = ("containers/Dockerfile", "containers/build.sh", "envs", "pyproje
 
 
 class EngineUnavailable(Exception):
-    pass
+    """This machine cannot run podman: the tests that need it skip."""
 
 
-def _run(*cmd, env=None, timeout=3600):
+class ImageBuildFailed(Exception):
+    """podman runs, but the project's own containers/Dockerfile does not build: a defect, so they fail."""
+
+
+def _run(*cmd, env=None, timeout=3600, error=EngineUnavailable):
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0:
-        raise EngineUnavailable(f"{' '.join(cmd[:3])} ... failed: {(result.stderr or result.stdout).strip()[-800:]}")
+        raise error(f"{' '.join(cmd[:3])} ... failed: {(result.stderr or result.stdout).strip()[-800:]}")
     return result.stdout
 
 
@@ -131,8 +136,8 @@ class Podman:
         self.podman("info")
         return self
 
-    def podman(self, *args, timeout=3600):
-        return _run("podman", *args, env=self.env, timeout=timeout)
+    def podman(self, *args, timeout=3600, error=EngineUnavailable):
+        return _run("podman", *args, env=self.env, timeout=timeout, error=error)
 
     def has_image(self, tag):
         return subprocess.run(["podman", "image", "exists", tag], env=self.env).returncode == 0
@@ -170,7 +175,8 @@ class Podman:
                     "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "FORCE_CUDA=0",
                     "--build-arg", "MAX_JOBS=2", "--build-arg", "BUILD_CACHE=/run/build-cache",
                     "--build-arg", f"IMAGE_NAME={tag}", "--build-arg", f"GIT_COMMIT=test-{build_hash()}",
-                    "--label", LABEL, *[arg for v in volumes for arg in ("-v", v)], str(REPO), timeout=3600)
+                    "--label", LABEL, *[arg for v in volumes for arg in ("-v", v)], str(REPO), timeout=3600,
+                    error=ImageBuildFailed)
         old = self.podman("images", "--filter", f"label={LABEL}", "--format", "{{.Repository}}:{{.Tag}}").split()
         for image in old:  # one still in use by a container stays
             if image.startswith(f"{IMAGES}:") and image != tag:
