@@ -272,6 +272,7 @@ def test_bench_times_the_loader_and_the_step_in_steady_state(jpegs, loader, ahea
 
 @pytest.mark.parametrize("args,fragments", [
     (["--loader", "gpu"], ["--loader gpu", "--data"]),
+    (["--loader", "gpu", "--batch-size", "4096"], ["training images make no batch of train.batch_size 4096"]),
     (["--device", "cuda"], ["cuda"]),
     (["--workers", "16", "--warmup", "3", "--steps", "10"], ["--warmup 3 --steps 10", "32 batches ahead",
                                                             "--warmup 32 --steps 640"]),
@@ -280,7 +281,7 @@ def test_bench_times_the_loader_and_the_step_in_steady_state(jpegs, loader, ahea
 def test_bench_bad_input(args, fragments, jpegs):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    if "--workers" in args:
+    if "--workers" in args or "--batch-size" in args:
         args = ["--loader", "pil", "--data", jpegs, *args]  # a later --loader wins
     assert_one_line_error(run_flatmix("bench", "pretrain", *args), *fragments)
 

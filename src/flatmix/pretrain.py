@@ -128,10 +128,14 @@ def pretrain_views(cfg):
 
 
 def pretrain_batches(cfg, env, root):
-    """This rank's training batches of the images in `root` as the run spec says (`bench` times the same)."""
-    d = cfg["data"]
-    return PretrainBatches(root, *pretrain_views(cfg), env, loader=d["loader"], workers=d["workers"],
-                           seed=cfg["seed"], batch_size=cfg["train"]["batch_size"])
+    """This rank's training batches of the images in `root` as the run spec says (`bench` times the same);
+    refused where the images make no batch (an epoch of none would loop for ever)."""
+    d, batch_size = cfg["data"], cfg["train"]["batch_size"]
+    batches = PretrainBatches(root, *pretrain_views(cfg), env, loader=d["loader"], workers=d["workers"],
+                              seed=cfg["seed"], batch_size=batch_size)
+    if batches.steps_per_epoch() == 0:
+        raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {batch_size}")
+    return batches
 
 
 def contrastive_loss(method, net, mixer, views, index):
@@ -302,8 +306,6 @@ def _train(cfg, out, env, force, signalled):
     if not root.is_dir():
         raise FlatmixError(f"data.root: {root} is not a folder of class folders")
     batches = pretrain_batches(cfg, env, root)
-    if batches.steps_per_epoch() == 0:
-        raise FlatmixError(f"{len(batches)} training images make no batch of train.batch_size {t['batch_size']}")
     monitor = KnnMonitor(cfg, env)
     if env.main:
         paths.claim_folder(out, "pretrain", RUN_FILES)
